@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs everything the project's tests, demo and benchmarks need, on a fresh Debian 12 machine.
+# Idempotent and non-interactive: a second run only checks. Run as root (CI and the dev machines are).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+log() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+# --- Debian packages (one list; add what you need here) -------------------------------------------
+APT_PACKAGES=(
+  containerd runc docker-registry          # CRI nodes and the test registry
+  python3 python3-venv python3-grpcio python3-protobuf python3-yaml python3-pytest  # Debian-runtime compat tests
+  shellcheck openssl util-linux iproute2 ca-certificates
+  mmdebstrap buildah skopeo uidmap fuse-overlayfs  # agent image build without a public registry
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq </dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
+fi
+
+# --- Python: the project venv (newest grpcio/protobuf, ansible-core, kubernetes client, linters) ----
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.bootstrap-stamp
+want=$( (cat requirements/dev.txt agent/pyproject.toml 2>/dev/null || true) | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "pip install -r requirements/dev.txt"
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements/dev.txt </dev/null
+  if [ -f agent/pyproject.toml ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -e ./agent </dev/null
+  fi
+  echo "$want" >"$stamp"
+fi
+
+# --- Python: protoc of grpcio-tools 1.51 (protoc 3.21): its output works with protobuf 3.21..7.x ---
+if [ ! -x .venv-protogen/bin/python ]; then
+  log "creating .venv-protogen (grpcio-tools 1.51.3)"
+  "$PY" -m venv .venv-protogen
+  .venv-protogen/bin/pip install -q --disable-pip-version-check 'grpcio-tools==1.51.3' </dev/null
+fi
+
+# --- ansible-test offline: its get-pip download is unreachable here; stand in with ensurepip --------
+getpip="$HOME/.ansible/test/cache/get_pip_24_2.py"
+if [ ! -f "$getpip" ]; then
+  mkdir -p "$(dirname "$getpip")"
+  cp scripts/get_pip_standin.py "$getpip"
+fi
+log "ready"
