@@ -1,0 +1,646 @@
+"""An HTTP/1.1 reverse proxy with injected faults, latency and bandwidth limits, running in a background thread.
+
+It sits between containerd (or any registry client) and a registry. Bodies are streamed, never buffered whole;
+``Range`` requests and the ``?ns=`` query containerd appends pass through untouched. Rules are matched in order
+against every request (method + regex on the path without its query); the first rule still having ``times`` left
+decides what happens to that request. A second listener (``control_url``) lets other processes read and change the
+rules over HTTP (see ``ProxyClient``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import re
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Optional
+
+ACTIONS = frozenset(
+    {"stall_accept", "stall_headers", "stall_mid_body", "close_mid_body", "close_no_body", "status", "slow"}
+)
+_READ_SIZE = 64 << 10
+_HEAD_LIMIT = 64 << 10
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+@dataclass
+class Rule:
+    """One fault. ``path`` is a regex searched in the request path (query excluded); ``method`` None = any.
+
+    ``times``: the rule applies to its first N matching requests (None = always). ``stall_accept`` rules are
+    decided when a connection is accepted, before any request is read, so their ``method``/``path`` must stay
+    unset. ``after_bytes``: body bytes sent before ``stall_mid_body``/``close_mid_body`` strike (default: half of
+    the body, at most 256 KiB). ``status``/``body``/``headers``: the answer of a ``status`` rule.
+    ``bandwidth_bps``: the rate of a ``slow`` response, in bytes per second.
+    """
+
+    path: str = ""
+    action: str = "status"
+    method: Optional[str] = None
+    times: Optional[int] = None
+    status: int = 500
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    bandwidth_bps: Optional[int] = None
+    after_bytes: Optional[int] = None
+    id: int = 0
+    hits: int = 0
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"unknown action {self.action!r}; one of {sorted(ACTIONS)}")
+        if self.action == "slow" and not self.bandwidth_bps:
+            raise ValueError("a slow rule needs bandwidth_bps")
+        if self.action == "stall_accept" and (self.path or self.method):
+            raise ValueError("stall_accept is decided at accept time: leave path and method unset")
+        re.compile(self.path)
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.times is not None and self.hits >= self.times:
+            return False
+        if self.method is not None and self.method.upper() != method.upper():
+            return False
+        return re.search(self.path, path) is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Rule:
+        known = {f.name for f in dataclasses.fields(cls)} - {"id", "hits"}
+        unknown = set(data) - known - {"id", "hits"}
+        if unknown:
+            raise ValueError(f"unknown rule fields {sorted(unknown)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class RequestRecord:
+    """One proxied request. ``status`` is what the client got (None: no answer); ``bytes`` = response body bytes."""
+
+    method: str
+    path: str
+    query: str
+    action: str
+    conn: int
+    started: float
+    range: Optional[str] = None
+    status: Optional[int] = None
+    bytes: int = 0
+    ended: Optional[float] = None
+    error: Optional[str] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _Head:
+    start_line: str
+    headers: list[tuple[str, str]]
+
+    def get(self, name: str) -> Optional[str]:
+        lowered = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lowered:
+                return value
+        return None
+
+    def encode(self) -> bytes:
+        lines = [self.start_line, *(f"{k}: {v}" for k, v in self.headers)]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def wants_close(self) -> bool:
+        return "close" in (self.get("connection") or "").lower() or self.start_line.endswith("HTTP/1.0")
+
+
+class _TokenBucket:
+    """Per-connection rate limit; a small burst keeps writes smooth without letting a whole blob through at once."""
+
+    def __init__(self, rate_bps: int) -> None:
+        self.rate = float(rate_bps)
+        self.burst = max(16 << 10, self.rate / 20)
+        self.tokens = self.burst
+        self.last = time.monotonic()
+
+    async def take(self, amount: int) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= amount
+        if self.tokens < 0:
+            await asyncio.sleep(-self.tokens / self.rate)
+
+
+class _ClientGone(Exception):
+    """The downstream client closed its connection."""
+
+
+async def _read_head(reader: asyncio.StreamReader) -> Optional[_Head]:
+    try:
+        raw = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    except asyncio.LimitOverrunError as exc:
+        raise ValueError("header block too large") from exc
+    lines = raw.decode("latin-1").split("\r\n")
+    headers = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers.append((name.strip(), value.strip()))
+    return _Head(lines[0], headers)
+
+
+class FaultProxy:
+    """``with FaultProxy(upstream="127.0.0.1:PORT", latency_s=0.03, bandwidth_bps=25 << 20) as px: ...``"""
+
+    def __init__(self, upstream: str, latency_s: float = 0.0, bandwidth_bps: Optional[int] = None) -> None:
+        self.upstream = upstream
+        self.latency_s = latency_s
+        self.bandwidth_bps = bandwidth_bps
+        self.port = 0
+        self.control_port = 0
+        self._rules: list[Rule] = []
+        self._records: list[RequestRecord] = []
+        self._lock = threading.Lock()
+        self._rule_ids = itertools.count(1)
+        self._conn_ids = itertools.count(1)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._release: Optional[asyncio.Event] = None
+
+    # ---- public API (any thread) ----------------------------------------------------------------
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}/_proxy/"
+
+    def add_rule(self, rule: Rule) -> Rule:
+        with self._lock:
+            rule.id = next(self._rule_ids)
+            rule.hits = 0
+            self._rules.append(rule)
+        return rule
+
+    def remove_rule(self, rule_id: int) -> bool:
+        with self._lock:
+            before = len(self._rules)
+            self._rules = [r for r in self._rules if r.id != rule_id]
+            return len(self._rules) != before
+
+    def clear_rules(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    @property
+    def rules(self) -> list[Rule]:
+        with self._lock:
+            return [dataclasses.replace(r) for r in self._rules]
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        with self._lock:
+            return [dataclasses.replace(r) for r in self._records]
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._records.clear()
+
+    def configure(self, latency_s: Optional[float] = None, bandwidth_bps: Optional[int] = -1) -> None:
+        """Change latency and/or the per-connection bandwidth (None = unlimited; -1 = leave as is)."""
+        if latency_s is not None:
+            self.latency_s = latency_s
+        if bandwidth_bps != -1:
+            self.bandwidth_bps = bandwidth_bps
+
+    def release_stalls(self) -> None:
+        """Ends every connection currently held by a stall rule (the rules themselves stay)."""
+        loop = self._loop
+        if loop is not None:
+            asyncio.run_coroutine_threadsafe(self._release_now(), loop).result(timeout=10)
+
+    def start(self) -> FaultProxy:
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+
+        def run() -> None:
+            assert self._loop is not None
+            asyncio.set_event_loop(self._loop)
+            self._loop.call_soon(ready.set)
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name=f"faultproxy->{self.upstream}", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        asyncio.run_coroutine_threadsafe(self._start_servers(), self._loop).result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        """Closes the listeners and every connection at once, stalled ones included; joins the thread."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        if not thread.is_alive():
+            loop.close()
+        self._loop = self._thread = None
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ---- loop side --------------------------------------------------------------------------------
+    async def _start_servers(self) -> None:
+        self._release = asyncio.Event()
+        proxy = await asyncio.start_server(self._tracked(self._serve_client), "127.0.0.1", 0, limit=_HEAD_LIMIT)
+        control = await asyncio.start_server(self._tracked(self._serve_control), "127.0.0.1", 0, limit=_HEAD_LIMIT)
+        self._servers = [proxy, control]
+        self.port = proxy.sockets[0].getsockname()[1]
+        self.control_port = control.sockets[0].getsockname()[1]
+
+    def _tracked(self, handler: Any) -> Any:
+        async def wrapper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._tasks.add(task)
+            self._writers.add(writer)
+            try:
+                await handler(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError, _ClientGone, ValueError):
+                pass
+            finally:
+                self._writers.discard(writer)
+                self._tasks.discard(task)
+                writer.transport.abort()
+
+        return wrapper
+
+    async def _shutdown(self) -> None:
+        for server in self._servers:
+            server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _release_now(self) -> None:
+        if self._release is not None:
+            self._release.set()
+        self._release = asyncio.Event()
+
+    async def _hold(self, reader: asyncio.StreamReader) -> None:
+        """Keeps a connection open, answering nothing, until the client leaves, release_stalls() or stop()."""
+        assert self._release is not None
+        release = self._release
+
+        async def until_eof() -> None:
+            while await reader.read(_READ_SIZE):
+                pass
+
+        waiters = [asyncio.ensure_future(until_eof()), asyncio.ensure_future(release.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _match(self, method: str, path: str, at_accept: bool) -> Optional[Rule]:
+        with self._lock:
+            for rule in self._rules:
+                if (rule.action == "stall_accept") != at_accept:
+                    continue
+                if rule.matches(method, path):
+                    rule.hits += 1
+                    return dataclasses.replace(rule)
+        return None
+
+    def _record(self, record: RequestRecord) -> RequestRecord:
+        with self._lock:
+            self._records.append(record)
+        return record
+
+    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn_id = next(self._conn_ids)
+        if self._match("", "", at_accept=True) is not None:
+            self._record(RequestRecord("", "", "", "stall_accept", conn_id, time.time()))
+            await self._hold(reader)
+            return
+        bucket = _TokenBucket(self.bandwidth_bps) if self.bandwidth_bps else None
+        upstream: list[Optional[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = [None]
+        try:
+            while True:
+                head = await _read_head(reader)
+                if head is None:
+                    return
+                if bucket is not None and self.bandwidth_bps:
+                    bucket.rate = float(self.bandwidth_bps)
+                keep_going = await self._serve_request(conn_id, head, reader, writer, upstream, bucket)
+                if not keep_going:
+                    return
+        finally:
+            if upstream[0] is not None:
+                upstream[0][1].transport.abort()
+
+    async def _serve_request(
+        self, conn_id: int, head: _Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        upstream: list[Optional[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
+        bucket: Optional[_TokenBucket],
+    ) -> bool:
+        method, target, _version = ([*head.start_line.split(" ", 2), "", ""])[:3]
+        path, _, query = target.partition("?")
+        rule = self._match(method, path, at_accept=False)
+        action = rule.action if rule else "pass"
+        record = self._record(RequestRecord(method, path, query, action, conn_id, time.time(), head.get("range")))
+        try:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
+            if rule is not None and rule.action == "stall_headers":
+                await self._hold(reader)
+                return False
+            if rule is not None and rule.action == "status":
+                await _copy_body(reader, None, _request_framing(head), None, None)
+                await self._answer_status(writer, rule, record)
+                return not head.wants_close()
+            return await self._forward(head, method, reader, writer, upstream, bucket, rule, record)
+        except (ConnectionError, asyncio.IncompleteReadError, _ClientGone) as exc:
+            record.error = type(exc).__name__
+            raise
+        finally:
+            record.ended = time.time()
+
+    async def _answer_status(self, writer: asyncio.StreamWriter, rule: Rule, record: RequestRecord) -> None:
+        body = (rule.body or json.dumps(
+            {"errors": [{"code": "PROXY_INJECTED", "message": f"fault proxy answered {rule.status}"}]}
+        )).encode()
+        reason = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests"}.get(
+            rule.status, "Injected")
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *rule.headers.items()]
+        writer.write(_Head(f"HTTP/1.1 {rule.status} {reason}", headers).encode() + body)
+        await writer.drain()
+        record.status = rule.status
+        record.bytes = len(body)
+
+    async def _upstream_exchange(
+        self, head: _Head, reader: asyncio.StreamReader,
+        upstream: list[Optional[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
+    ) -> Optional[_Head]:
+        """Sends the request upstream (reconnecting once when a kept-alive upstream connection went away)."""
+        framing = _request_framing(head)
+        for attempt in range(2):
+            connection = upstream[0]
+            if connection is None:
+                host, _, port = self.upstream.rpartition(":")
+                try:
+                    connection = await asyncio.open_connection(host, int(port), limit=_HEAD_LIMIT)
+                except OSError:
+                    return None  # upstream down: the client gets a 502
+                upstream[0] = connection
+            up_reader, up_writer = connection
+            try:
+                up_writer.write(head.encode())
+                await _copy_body(reader, up_writer, framing, None, None)
+                response = await _read_head(up_reader)
+            except ConnectionError:
+                response = None
+            if response is not None:
+                return response
+            up_writer.transport.abort()
+            upstream[0] = None
+            if framing != ("length", 0) or attempt:
+                break  # a request body cannot be replayed
+        return None
+
+    async def _forward(
+        self, head: _Head, method: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        upstream: list[Optional[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
+        bucket: Optional[_TokenBucket], rule: Optional[Rule], record: RequestRecord,
+    ) -> bool:
+        response = await self._upstream_exchange(head, reader, upstream)
+        if response is None:
+            writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            record.status = 502
+            return False
+        record.status = int(response.start_line.split(" ", 2)[1])
+        framing = _response_framing(method, record.status, response)
+        writer.write(response.encode())
+        await writer.drain()
+        assert upstream[0] is not None
+        up_reader = upstream[0][0]
+        if rule is not None and rule.action == "close_no_body":
+            return False
+        if rule is not None and rule.action in ("stall_mid_body", "close_mid_body"):
+            limit = rule.after_bytes if rule.after_bytes is not None else _default_fault_offset(framing)
+            record.bytes = await _copy_body(up_reader, writer, framing, bucket, limit)
+            if rule.action == "stall_mid_body":
+                await self._hold(reader)
+            return False
+        if rule is not None and rule.action == "slow":
+            assert rule.bandwidth_bps is not None
+            bucket = _TokenBucket(rule.bandwidth_bps)
+        record.bytes = await _copy_body(up_reader, writer, framing, bucket, None)
+        return not (framing[0] == "close" or response.wants_close() or head.wants_close())
+
+    # ---- control endpoint -------------------------------------------------------------------------
+    async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await _read_head(reader)
+        if head is None:
+            return
+        length = int(head.get("content-length") or 0)
+        body = await reader.readexactly(length) if length else b""
+        method, target = ([*head.start_line.split(" ", 2), ""])[:2]
+        try:
+            status, payload = self._control(method, target.partition("?")[0], body)
+        except (ValueError, TypeError, KeyError) as exc:
+            status, payload = 400, {"error": str(exc)}
+        data = json.dumps(payload).encode()
+        writer.write(_Head(f"HTTP/1.1 {status} X", [("Content-Type", "application/json"),
+                                                     ("Content-Length", str(len(data))),
+                                                     ("Connection", "close")]).encode() + data)
+        await writer.drain()
+
+    def _control(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        route = path.rstrip("/")
+        if route == "/_proxy/rules" and method == "GET":
+            return 200, [r.to_json() for r in self.rules]
+        if route == "/_proxy/rules" and method == "POST":
+            data = json.loads(body or b"null")
+            items = data if isinstance(data, list) else [data]
+            return 200, [self.add_rule(Rule.from_json(item)).to_json() for item in items]
+        if route == "/_proxy/rules" and method == "DELETE":
+            self.clear_rules()
+            return 200, []
+        match = re.fullmatch(r"/_proxy/rules/(\d+)", route)
+        if match and method == "DELETE":
+            found = self.remove_rule(int(match.group(1)))
+            return (200 if found else 404), {"removed": found}
+        if route == "/_proxy/requests" and method == "GET":
+            return 200, [r.to_json() for r in self.requests]
+        if route == "/_proxy/requests" and method == "DELETE":
+            self.clear_requests()
+            return 200, []
+        if route == "/_proxy/config" and method == "GET":
+            return 200, {"latency_s": self.latency_s, "bandwidth_bps": self.bandwidth_bps, "upstream": self.upstream}
+        if route == "/_proxy/config" and method == "POST":
+            data = json.loads(body or b"{}")
+            self.configure(data.get("latency_s"), data.get("bandwidth_bps", -1))
+            return 200, {"latency_s": self.latency_s, "bandwidth_bps": self.bandwidth_bps}
+        if route == "/_proxy/release" and method == "POST":
+            if self._release is not None:
+                self._release.set()
+            self._release = asyncio.Event()
+            return 200, {}
+        return 404, {"error": f"no route {method} {path}"}
+
+
+# ---- body framing and copying -------------------------------------------------------------------------
+_Framing = tuple[str, int]  # ("length", n) | ("chunked", 0) | ("close", 0)
+
+
+def _request_framing(head: _Head) -> _Framing:
+    if "chunked" in (head.get("transfer-encoding") or "").lower():
+        return ("chunked", 0)
+    return ("length", int(head.get("content-length") or 0))
+
+
+def _response_framing(method: str, status: int, head: _Head) -> _Framing:
+    if method.upper() == "HEAD" or status < 200 or status in _NO_BODY_STATUSES:
+        return ("length", 0)
+    if "chunked" in (head.get("transfer-encoding") or "").lower():
+        return ("chunked", 0)
+    length = head.get("content-length")
+    return ("length", int(length)) if length is not None else ("close", 0)
+
+
+def _default_fault_offset(framing: _Framing) -> int:
+    if framing[0] == "length":
+        return min(framing[1] // 2, 256 << 10)
+    return 32 << 10
+
+
+async def _send(writer: Optional[asyncio.StreamWriter], data: bytes, bucket: Optional[_TokenBucket]) -> None:
+    if writer is None or not data:
+        return
+    if bucket is not None:
+        await bucket.take(len(data))
+    if writer.is_closing():
+        raise _ClientGone()
+    writer.write(data)
+    await writer.drain()
+
+
+async def _copy_body(
+    src: asyncio.StreamReader, dst: Optional[asyncio.StreamWriter], framing: _Framing,
+    bucket: Optional[_TokenBucket], limit: Optional[int],
+) -> int:
+    """Streams one body from src to dst (None = discard); stops after ``limit`` bytes. Returns bytes sent."""
+    kind, length = framing
+    if kind == "chunked":
+        return await _copy_chunked(src, dst, bucket, limit)
+    sent = 0
+    remaining = length if kind == "length" else None
+    while remaining is None or remaining > 0:
+        want = _READ_SIZE if remaining is None else min(_READ_SIZE, remaining)
+        if limit is not None:
+            want = min(want, limit - sent)
+            if want <= 0:
+                break
+        data = await src.read(want)
+        if not data:
+            if remaining is not None:
+                raise asyncio.IncompleteReadError(b"", remaining)
+            break
+        await _send(dst, data, bucket)
+        sent += len(data)
+        if remaining is not None:
+            remaining -= len(data)
+    return sent
+
+
+async def _copy_chunked(
+    src: asyncio.StreamReader, dst: Optional[asyncio.StreamWriter], bucket: Optional[_TokenBucket],
+    limit: Optional[int],
+) -> int:
+    """Copies a chunked body verbatim (framing included); ``limit`` counts raw bytes."""
+    sent = 0
+    while True:
+        size_line = await src.readuntil(b"\r\n")
+        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            trailer = size_line
+            while True:
+                line = await src.readuntil(b"\r\n")
+                trailer += line
+                if line == b"\r\n":
+                    break
+            await _send(dst, trailer, bucket)
+            return sent + len(trailer)
+        chunk = size_line + await src.readexactly(size + 2)
+        if limit is not None and sent + len(chunk) > limit:
+            await _send(dst, chunk[: max(0, limit - sent)], bucket)
+            return limit
+        await _send(dst, chunk, bucket)
+        sent += len(chunk)
+
+
+class ProxyClient:
+    """Drives a FaultProxy of another process through its control URL."""
+
+    def __init__(self, control_url: str, timeout_s: float = 10) -> None:
+        self.base = control_url.rstrip("/") + "/"
+        self.timeout_s = timeout_s
+
+    def _call(self, method: str, route: str, payload: Any = None) -> Any:
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(self.base + route, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            return json.loads(response.read() or b"null")
+
+    def add_rule(self, rule: Rule) -> dict[str, Any]:
+        result: list[dict[str, Any]] = self._call("POST", "rules", rule.to_json())
+        return result[0]
+
+    def rules(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "rules")
+        return result
+
+    def clear_rules(self) -> None:
+        self._call("DELETE", "rules")
+
+    def requests(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "requests")
+        return result
+
+    def clear_requests(self) -> None:
+        self._call("DELETE", "requests")
+
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "config", settings)
+        return result
+
+    def release_stalls(self) -> None:
+        self._call("POST", "release", {})
