@@ -56,7 +56,8 @@ class Blob:
 
 @dataclass
 class TestImage:
-    """What was pushed: ``digest`` is the manifest digest, ``size`` the sum of config + layer sizes."""
+    """What was pushed: ``digest`` is the manifest digest; ``size`` = manifest + config + layers, which is what
+    containerd's CRI ImageStatus reports as the image size."""
 
     __test__ = False  # not a pytest test class
 
@@ -69,7 +70,7 @@ class TestImage:
 
     @property
     def size(self) -> int:
-        return len(self.config.data) + sum(len(layer.data) for layer in self.layers)
+        return len(self.manifest) + len(self.config.data) + sum(len(layer.data) for layer in self.layers)
 
 
 def _layer_tar(payload: bytes, name: str) -> bytes:
