@@ -1,0 +1,161 @@
+"""Node label `image-prefetcher.stackrox.io/<sanitised INSTANCE_NAME>` = `succeeded|failed` after a run.
+
+As upstream (BEHAVIOR.md §5): strategic-merge PATCH of `/api/v1/nodes/$NODE_NAME` with in-cluster credentials, retried
+like client-go's `retry.OnError(retry.DefaultBackoff, ...)`: 4 attempts, sleeps 10/50/250 ms plus up to 10 % jitter,
+on any error. Skips (no NODE_NAME, no INSTANCE_NAME, no in-cluster config) are logged, never fatal.
+
+Differences from upstream:
+* Labelling has its own deadline (LABEL_DEADLINE_S) instead of the run's overall deadline, so the label is written even
+  when the run hit `--overall-timeout` (upstream's PATCH then fails and leaves a stale label).
+* A run that did not complete (interrupted by SIGTERM/SIGINT, or overall timeout before every image ended) writes
+  `failed`: a `succeeded` from an earlier run must not survive a run that did not finish. We write `failed` rather than
+  removing the label so that "the prefetcher ran here and did not finish" stays visible next to other nodes' values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import quote
+
+from image_prefetcher.incluster import ApiResponse, InClusterConfig, InClusterError, load_incluster_config
+from image_prefetcher.logs import get_logger
+
+LABEL_PREFIX = "image-prefetcher.stackrox.io/"
+DEFAULT_LABEL_NAME = "prefetcher"
+LABEL_DEADLINE_S = 30.0
+# client-go retry.DefaultBackoff: Steps 4, Duration 10ms, Factor 5.0, Jitter 0.1.
+BACKOFF_STEPS = 4
+BACKOFF_INITIAL_S = 0.010
+BACKOFF_FACTOR = 5.0
+BACKOFF_JITTER = 0.1
+PER_REQUEST_TIMEOUT_S = 10.0
+
+_INVALID_RUN = re.compile(r"[^a-zA-Z0-9._-]+")
+
+log = get_logger()
+
+
+def sanitize_label_name(name: str) -> str:
+    """Upstream's sanitizeLabelName: collapse invalid runs to `-`, cut to 63 bytes, trim `._-`, default `prefetcher`."""
+    cleaned = _INVALID_RUN.sub("-", name)[:63]  # only ASCII is left, so 63 characters are 63 bytes
+    return cleaned.strip("._-") or DEFAULT_LABEL_NAME
+
+
+def label_key(instance_name: str) -> str:
+    return LABEL_PREFIX + sanitize_label_name(instance_name)
+
+
+def label_value(results: Mapping[str, bool], complete: bool = True) -> str:
+    """`succeeded` iff the run completed and every image ended pulled (also when there are no images)."""
+    return "succeeded" if complete and all(results.values()) else "failed"
+
+
+def patch_body(labels: Mapping[str, str]) -> bytes:
+    """The exact strategic-merge patch upstream sends: `{"metadata":{"labels":{"<key>":"<value>"}}}`."""
+    return json.dumps({"metadata": {"labels": dict(labels)}}, separators=(",", ":")).encode()
+
+
+def patch_headers() -> dict[str, str]:
+    return {"Content-Type": "application/strategic-merge-patch+json"}
+
+
+def backoff_delays(rand: Callable[[], float] = random.random) -> list[float]:
+    """Sleeps between the 4 attempts of client-go's DefaultBackoff: 10 ms, 50 ms, 250 ms, each + 0..10 % jitter."""
+    delays = []
+    base = BACKOFF_INITIAL_S
+    for _ in range(BACKOFF_STEPS - 1):
+        delays.append(base * (1 + BACKOFF_JITTER * rand()))
+        base *= BACKOFF_FACTOR
+    return delays
+
+
+def _go_map(labels: Mapping[str, str]) -> str:
+    # Upstream logs the label map with Go's %v: map[key:value].
+    return "map[" + " ".join(f"{k}:{v}" for k, v in sorted(labels.items())) + "]"
+
+
+class LabelError(Exception):
+    pass
+
+
+def _patch_once(config: InClusterConfig, node: str, body: bytes, timeout: float) -> None:
+    try:
+        response: ApiResponse = config.request(
+            "PATCH", f"/api/v1/nodes/{quote(node, safe='')}", body, patch_headers(), timeout
+        )
+    except InClusterError as err:
+        raise LabelError(str(err)) from None
+    except OSError as err:  # includes ssl.SSLError and socket timeouts
+        raise LabelError(f"PATCH {config.server}/api/v1/nodes/{node}: {err}") from None
+    if not 200 <= response.status < 300:
+        raise LabelError(response.error_text())
+
+
+async def patch_node_labels(
+    config: InClusterConfig,
+    node: str,
+    labels: Mapping[str, str],
+    *,
+    deadline_s: float = LABEL_DEADLINE_S,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    rand: Callable[[], float] = random.random,
+) -> None:
+    """PATCH the labels with DefaultBackoff retries within `deadline_s`; raises LabelError with the last error."""
+    body = patch_body(labels)
+    end = time.monotonic() + deadline_s
+    delays = backoff_delays(rand)
+    last: LabelError | None = None
+    for attempt in range(BACKOFF_STEPS):
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            await asyncio.to_thread(_patch_once, config, node, body, min(PER_REQUEST_TIMEOUT_S, remaining))
+            return
+        except LabelError as err:
+            last = err
+            log.debug("node label patch failed", node=node, attempt=attempt + 1, error=str(err))
+        if attempt < len(delays):
+            await sleep(min(delays[attempt], max(0.0, end - time.monotonic())))
+    raise LabelError(f"failed to patch node {node}: {last if last else 'deadline exceeded'}")
+
+
+async def update_node_labels(
+    results: Mapping[str, bool],
+    complete: bool = True,
+    *,
+    environ: Mapping[str, str] | None = None,
+    load_config: Callable[[], InClusterConfig] | None = None,
+    deadline_s: float = LABEL_DEADLINE_S,
+) -> bool:
+    """Label this node with the run's outcome. Returns True when the label was written; every failure is logged."""
+    env = os.environ if environ is None else environ
+    node = env.get("NODE_NAME", "")
+    if not node:
+        log.info("NODE_NAME environment variable not set, skipping node labeling")
+        return False
+    instance = env.get("INSTANCE_NAME", "")
+    if not instance:
+        log.info("INSTANCE_NAME environment variable not set, skipping node labeling")
+        return False
+    try:
+        config = (load_config or (lambda: load_incluster_config(env)))()
+    except InClusterError as err:
+        log.warn("failed to create Kubernetes client, skipping node labeling", error=str(err))
+        return False
+    log.info("Kubernetes client initialized for node labeling", node=node, instance=instance)
+    labels = {label_key(instance): label_value(results, complete)}
+    log.debug("Setting prefetch status node labels", labels=_go_map(labels))
+    try:
+        await patch_node_labels(config, node, labels, deadline_s=deadline_s)
+    except LabelError as err:
+        log.error("failed to update node labels", error=f"failed to update node labels: {err}")
+        return False
+    log.info("Successfully updated node labels", node=node, labels=_go_map(labels))
+    return True
