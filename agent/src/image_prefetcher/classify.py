@@ -1,0 +1,117 @@
+"""Pull error classification (pure): what a failed PullImage means and what the engine does next."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Go's codes.Code.String() names, so error strings read like upstream's `rpc error: code = NotFound desc = ...`.
+_GO_CODE_NAMES = {
+    "OK": "OK",
+    "CANCELLED": "Canceled",
+    "UNKNOWN": "Unknown",
+    "INVALID_ARGUMENT": "InvalidArgument",
+    "DEADLINE_EXCEEDED": "DeadlineExceeded",
+    "NOT_FOUND": "NotFound",
+    "ALREADY_EXISTS": "AlreadyExists",
+    "PERMISSION_DENIED": "PermissionDenied",
+    "RESOURCE_EXHAUSTED": "ResourceExhausted",
+    "FAILED_PRECONDITION": "FailedPrecondition",
+    "ABORTED": "Aborted",
+    "OUT_OF_RANGE": "OutOfRange",
+    "UNIMPLEMENTED": "Unimplemented",
+    "INTERNAL": "Internal",
+    "UNAVAILABLE": "Unavailable",
+    "DATA_LOSS": "DataLoss",
+    "UNAUTHENTICATED": "Unauthenticated",
+}
+
+DETAIL_LIMIT = 160
+REDACTED = "<redacted>"
+
+
+class ErrorClass(str, enum.Enum):
+    NOT_FOUND = "not_found"
+    INVALID_REFERENCE = "invalid_reference"
+    UNAUTHORIZED = "unauthorized"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class Action(enum.Enum):
+    FINAL = "final"  # the image has failed for good
+    NEXT_CREDENTIAL = "next_credential"  # try the image's next credential at once
+    RETRY = "retry"  # sleep the retry delay, then try again
+
+
+_INVALID_REFERENCE = re.compile(r"invalid reference format|failed to parse image reference", re.IGNORECASE)
+_UNAUTHORIZED = re.compile(
+    r"\b40[13]\b|unauthori[sz]ed|forbidden|authorization failed|authentication required|access[^.]{0,40}denied",
+    re.IGNORECASE,
+)
+_UNREACHABLE = re.compile(r"connection refused|no such host|connection reset|unexpected EOF|broken pipe", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class PullError:
+    """A failed CRI call: gRPC status code name (grpc.StatusCode.X.name) and details."""
+
+    code: str
+    details: str
+
+    def go_string(self) -> str:
+        """Go's status error text: `rpc error: code = NotFound desc = ...` (used in logs and metrics)."""
+        return f"rpc error: code = {_GO_CODE_NAMES.get(self.code, self.code)} desc = {self.details}"
+
+    @property
+    def error_class(self) -> ErrorClass:
+        return classify(self.code, self.details)
+
+    def short_reason(self) -> str:
+        """`<class>: <detail>` with the detail cut to 160 characters, for the result summary."""
+        detail = self.details if len(self.details) <= DETAIL_LIMIT else self.details[: DETAIL_LIMIT - 3] + "..."
+        return f"{self.error_class.value}: {detail}"
+
+
+def classify(code: str, details: str) -> ErrorClass:
+    """Map a gRPC status (as containerd/CRI-O report pull failures) to an error class."""
+    if _INVALID_REFERENCE.search(details):
+        return ErrorClass.INVALID_REFERENCE
+    if code == "NOT_FOUND":
+        return ErrorClass.NOT_FOUND
+    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or _UNAUTHORIZED.search(details):
+        return ErrorClass.UNAUTHORIZED
+    if code == "DEADLINE_EXCEEDED":
+        return ErrorClass.TIMEOUT
+    if code == "CANCELLED":
+        return ErrorClass.CANCELLED
+    if code == "UNAVAILABLE" or _UNREACHABLE.search(details):
+        return ErrorClass.UNAVAILABLE
+    return ErrorClass.ERROR
+
+
+def decide(error_class: ErrorClass, *, not_found_fails: bool, has_next_credential: bool) -> Action:
+    """What to do after a failed attempt.
+
+    An invalid reference never gets better. A credential that is refused (or, for registries that hide private
+    repositories, answers NOT_FOUND) gives way to the image's next credential; once none is left the image is
+    retried from its first credential after the delay, except NOT_FOUND under `--not-found=fail`.
+    """
+    if error_class is ErrorClass.INVALID_REFERENCE:
+        return Action.FINAL
+    if error_class in (ErrorClass.UNAUTHORIZED, ErrorClass.NOT_FOUND) and has_next_credential:
+        return Action.NEXT_CREDENTIAL
+    if error_class is ErrorClass.NOT_FOUND and not_found_fails:
+        return Action.FINAL
+    return Action.RETRY
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret that occurs in text (defence in depth: CRI errors should not echo passwords)."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text

@@ -1,0 +1,263 @@
+"""The pull engine: every image in parallel over one CRI channel, each with its own escalating retry loop.
+
+Per image (BEHAVIOR.md §2.3, with the §10 quirks fixed):
+* credentials are tried one after another in keyring order, never in parallel; the first success ends the image;
+  a refused credential (unauthorized, or NOT_FOUND from a registry hiding private repositories) gives way to the
+  next one at once; with no credential at all there is one anonymous attempt stream;
+* each failed round sleeps a delay; attempt timeout and delay double up to their caps (`retry_schedule`);
+* the overall deadline is hard: every RPC deadline is min(attempt timeout, time left), a delay that would end past
+  the deadline is not slept (the image gives up at once), so pulls end by the deadline.
+
+Seam for metrics (issue 5): `AttemptObserver`s are called once per PullImage attempt with a `PullAttempt`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import grpc.aio
+
+from image_prefetcher.classify import Action, ErrorClass, PullError, decide, redact
+from image_prefetcher.credentials import CredentialSource
+from image_prefetcher.cri import CriClient, rpc_error
+from image_prefetcher.keyring import Credential
+from image_prefetcher.logs import Logger, Seconds
+from image_prefetcher.retry import retry_schedule
+
+Outcome = Literal["pending", "ok", "failed", "skipped"]
+STATUS_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class PullSettings:
+    """Engine settings in seconds (the CLI converts from Go durations)."""
+
+    initial_attempt_timeout: float
+    max_attempt_timeout: float
+    initial_delay: float
+    max_delay: float
+    max_parallel_pulls: int = 0
+    if_not_present: bool = False
+    not_found_fails: bool = False
+
+
+@dataclass(frozen=True)
+class PullAttempt:
+    """One PullImage call, as reported to observers (metrics)."""
+
+    image: str
+    started_at: float  # Unix time in seconds when the call started
+    duration: float  # seconds the PullImage call took
+    error: str | None  # Go-form gRPC error text, None on success
+    size_bytes: int  # ImageStatus size after a success, else 0
+    credential_index: int  # authNum: position in the image's credential list
+
+
+AttemptObserver = Callable[[PullAttempt], None]
+
+
+@dataclass
+class ImageResult:
+    image: str
+    outcome: Outcome = "pending"
+    attempts: int = 0
+    size_bytes: int = 0
+    image_ref: str = ""
+    error: PullError | None = None
+    ended_by_deadline: bool = False
+
+    def reason(self) -> str:
+        """Short `<class>: <detail>` for the summary (only meaningful for failed images)."""
+        if self.error is not None:
+            return self.error.short_reason()
+        if self.outcome == "pending":
+            return "cancelled: the run was interrupted before this image finished"
+        return "timeout: the overall timeout passed before the pull could start"
+
+
+class Deadline:
+    """An absolute point on the event loop's clock."""
+
+    def __init__(self, seconds_from_now: float) -> None:
+        self.when = asyncio.get_running_loop().time() + seconds_from_now
+
+    def remaining(self) -> float:
+        return self.when - asyncio.get_running_loop().time()
+
+
+@dataclass
+class _Success:
+    image_ref: str
+    size_bytes: int
+
+
+@dataclass
+class PullEngine:
+    cri: CriClient | None  # None only when there is nothing to pull
+    settings: PullSettings
+    credentials: CredentialSource
+    log: Logger
+    observers: Sequence[AttemptObserver] = ()
+    results: dict[str, ImageResult] = field(default_factory=dict)
+    attempts: int = 0
+
+    @property
+    def _client(self) -> CriClient:
+        if self.cri is None:
+            raise RuntimeError("pulling images needs a CRI client")
+        return self.cri
+
+    async def run(self, images: Sequence[str], deadline: Deadline) -> dict[str, ImageResult]:
+        """Pull each unique image (list order kept in `results`); returns when every image has ended."""
+        for image in images:
+            self.results.setdefault(image, ImageResult(image))
+        limit = self.settings.max_parallel_pulls
+        slots: asyncio.Semaphore | None = asyncio.Semaphore(limit) if limit > 0 else None
+        await asyncio.gather(*(self._pull_image(result, deadline, slots) for result in self.results.values()))
+        return self.results
+
+    async def _pull_image(self, result: ImageResult, deadline: Deadline, slots: asyncio.Semaphore | None) -> None:
+        async with slots if slots is not None else contextlib.nullcontext():
+            if deadline.remaining() <= 0:
+                result.outcome, result.ended_by_deadline = "failed", True
+                return
+            if self.settings.if_not_present and await self._already_present(result.image, deadline):
+                result.outcome = "skipped"
+                self.log.info("image already present, not pulling", image=result.image)
+                return
+            credentials = await self._credentials_for(result.image, deadline)
+            await self._retry_loop(result, credentials, deadline)
+
+    async def _already_present(self, image: str, deadline: Deadline) -> bool:
+        try:
+            found = await self._client.image_status(image, timeout=min(STATUS_TIMEOUT_SECONDS, deadline.remaining()))
+        except grpc.aio.AioRpcError as err:
+            self.log.warn("failed to check whether the image is present", image=image, error=rpc_error(err).go_string())
+            return False
+        return found is not None
+
+    async def _credentials_for(self, image: str, deadline: Deadline) -> list[Credential]:
+        try:
+            return await asyncio.wait_for(self.credentials.credentials_for(image), timeout=deadline.remaining())
+        except asyncio.TimeoutError:
+            self.log.warn("credential lookup did not finish before the overall timeout", image=image)
+        except Exception as err:  # a credential source must never crash the run
+            self.log.warn("credential lookup failed, pulling without credentials", image=image, error=str(err))
+        return []
+
+    async def _retry_loop(self, result: ImageResult, credentials: list[Credential], deadline: Deadline) -> None:
+        choices: list[Credential | None] = list(credentials) or [None]
+        secrets = [c.password for c in credentials]
+        schedule = retry_schedule(
+            self.settings.initial_attempt_timeout,
+            self.settings.max_attempt_timeout,
+            self.settings.initial_delay,
+            self.settings.max_delay,
+        )
+        step = next(schedule)
+        index = 0
+        while True:
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                self._give_up(result, by_deadline=True)
+                return
+            outcome = await self._attempt(result, index, choices[index], step.attempt_timeout, remaining, secrets)
+            if isinstance(outcome, _Success):
+                result.outcome, result.image_ref, result.size_bytes = "ok", outcome.image_ref, outcome.size_bytes
+                result.error = None
+                return
+            result.error = outcome
+            action = decide(
+                outcome.error_class,
+                not_found_fails=self.settings.not_found_fails,
+                has_next_credential=index + 1 < len(choices),
+            )
+            if action is Action.FINAL:
+                self._give_up(result, by_deadline=False)
+                return
+            if action is Action.NEXT_CREDENTIAL:
+                index += 1
+                continue
+            if outcome.error_class in (ErrorClass.UNAUTHORIZED, ErrorClass.NOT_FOUND):
+                index = 0  # every credential was refused: start over with the first one
+            if not await self._sleep_before_retry(result, step.delay_after, deadline):
+                return
+            step = next(schedule)
+
+    async def _sleep_before_retry(self, result: ImageResult, delay: float, deadline: Deadline) -> bool:
+        if deadline.remaining() <= delay:
+            # The next attempt could only start after the deadline: give up now instead of sleeping into it.
+            self._give_up(result, by_deadline=True)
+            return False
+        self.log.info("sleeping before retry", image=result.image, timeout=Seconds(delay))
+        await asyncio.sleep(delay)
+        return True
+
+    def _give_up(self, result: ImageResult, by_deadline: bool) -> None:
+        result.outcome, result.ended_by_deadline = "failed", by_deadline
+        error = result.error.go_string() if result.error else "overall timeout reached"
+        self.log.error(
+            "not retrying any more",
+            image=result.image,
+            error="context deadline exceeded" if by_deadline else error,
+            attempts=result.attempts,
+        )
+
+    async def _attempt(
+        self,
+        result: ImageResult,
+        index: int,
+        credential: Credential | None,
+        nominal_timeout: float,
+        remaining: float,
+        secrets: list[str],
+    ) -> _Success | PullError:
+        attrs: dict[str, object] = {"image": result.image, "authNum": index}
+        if credential is not None:
+            attrs.update(authServer=credential.server, authUsername=credential.username)
+        self.log.info("attempting image pull", **attrs, timeout=Seconds(nominal_timeout))
+        self.attempts += 1
+        result.attempts += 1
+        started_at, started = time.time(), time.monotonic()
+        try:
+            image_ref = await self._client.pull_image(result.image, credential, timeout=min(nominal_timeout, remaining))
+        except grpc.aio.AioRpcError as err:
+            elapsed = time.monotonic() - started
+            failure = rpc_error(err)
+            failure = PullError(failure.code, redact(failure.details, secrets))
+            self.log.error(
+                "image failed to pull",
+                **attrs,
+                error=failure.go_string(),
+                timeout=Seconds(nominal_timeout),
+                elapsed=Seconds(elapsed),
+            )
+            self._notify(PullAttempt(result.image, started_at, elapsed, failure.go_string(), 0, index))
+            return failure
+        elapsed = time.monotonic() - started
+        response = f'image_ref:"{image_ref}"'
+        self.log.info("image pulled successfully", **attrs, response=response, elapsed=Seconds(elapsed))
+        size = await self._pulled_size(image_ref)
+        self._notify(PullAttempt(result.image, started_at, elapsed, None, size, index))
+        return _Success(image_ref, size)
+
+    async def _pulled_size(self, image_ref: str) -> int:
+        # Bounded on its own (not by the overall deadline): the image is already pulled, only its size is missing.
+        try:
+            image = await self._client.image_status(image_ref, timeout=STATUS_TIMEOUT_SECONDS / 6)
+        except grpc.aio.AioRpcError as err:
+            self.log.warn("failed to obtain pulled image status", image=image_ref, error=rpc_error(err).go_string())
+            return 0
+        return int(image.size) if image is not None else 0
+
+    def _notify(self, attempt: PullAttempt) -> None:
+        for observer in self.observers:
+            try:
+                observer(attempt)
+            except Exception as err:  # an observer (metrics) must never break a pull
+                self.log.warn("attempt observer failed", error=str(err))

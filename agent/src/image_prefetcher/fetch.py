@@ -1,0 +1,254 @@
+"""`fetch`: pull the image list onto this node through CRI, report, and exit.
+
+Order: read the list and the pull secret (bad input fails before CRI is contacted) -> wait for the CRI socket
+(bounded by --cri-connect-timeout) -> [debug: list images] -> pull everything (PullEngine, hard --overall-timeout)
+-> write the termination summary -> post-run steps (metrics flush, node labels, [debug: list images]), each with
+its own short deadline so they also run after the overall timeout -> exit.
+
+Exit codes: 0 after a complete run even if pulls failed (the DaemonSet must not crash-loop; failures are in the
+logs, the summary and the node label); 1 on bad input or a CRI runtime that does not answer; 143 / 130 when
+SIGTERM / SIGINT interrupted the run (pulls are cancelled and a partial summary, `complete:false`, is written).
+
+Seams for issue 5 (node labels, metrics, credential provider plugins): `build_extensions` returns extra credential
+sources (tried before the pull secret), attempt observers and post-run steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import grpc.aio
+from google.protobuf import text_format
+
+from image_prefetcher.classify import PullError
+from image_prefetcher.cli import FetchOptions
+from image_prefetcher.credentials import ChainedCredentials, CredentialSource, load_docker_config
+from image_prefetcher.cri import CriClient, rpc_error, wait_for_runtime
+from image_prefetcher.durations import to_seconds
+from image_prefetcher.engine import AttemptObserver, Deadline, ImageResult, PullEngine, PullSettings
+from image_prefetcher.errors import CommandError
+from image_prefetcher.imagelist import load_images, unique_in_order
+from image_prefetcher.logs import LogFormat, Logger, Seconds, configure_logging
+from image_prefetcher.summary import RunReport, build_summary, write_termination_log
+
+# After the overall deadline the post-run steps share this much extra time, so the process always ends within
+# overall timeout + 10 s (the remaining seconds cover start-up and shutdown).
+POST_RUN_GRACE_SECONDS = 7.0
+INTERRUPTED_POST_RUN_SECONDS = 5.0
+MIN_STEP_SECONDS = 0.5
+EXIT_CODES = {"terminated": 128 + signal.SIGTERM, "interrupt": 128 + signal.SIGINT}
+_SIGNAL_NAMES = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupt"}
+
+
+@dataclass(frozen=True)
+class PostRunStep:
+    """Runs after the pulls with the run's report and its time budget in seconds (already enforced by the caller
+    with a timeout; the step may use it to size its own retries). Failures are logged, never fatal."""
+
+    name: str
+    run: Callable[[RunReport, float], Awaitable[None]]
+
+
+@dataclass
+class Extensions:
+    credential_sources: list[CredentialSource] = field(default_factory=list)  # tried before the pull secret
+    observers: list[AttemptObserver] = field(default_factory=list)  # one call per PullImage attempt
+    post_run_steps: list[PostRunStep] = field(default_factory=list)  # run in order after the pulls
+
+
+def build_extensions(options: FetchOptions, log: Logger) -> Extensions:
+    """Issue 5 wires credential provider plugins, metrics and node labelling in here."""
+    return Extensions()
+
+
+def node_name() -> str:
+    return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def pull_settings(options: FetchOptions) -> PullSettings:
+    return PullSettings(
+        initial_attempt_timeout=to_seconds(options.initial_pull_attempt_timeout),
+        max_attempt_timeout=to_seconds(options.max_pull_attempt_timeout),
+        initial_delay=to_seconds(options.initial_pull_attempt_delay),
+        max_delay=to_seconds(options.max_pull_attempt_delay),
+        max_parallel_pulls=options.max_parallel_pulls,
+        if_not_present=options.pull_policy == "IfNotPresent",
+        not_found_fails=options.not_found == "fail",
+    )
+
+
+async def list_images_for_debug(cri: CriClient, stage: str, timeout: float, log: Logger) -> None:
+    """BEHAVIOR.md §2.6: one DEBUG line per image the runtime has. Raises grpc.aio.AioRpcError."""
+    log.debug("starting to list images", stage=stage)
+    images = await cri.list_images(timeout=timeout)
+    log.debug("finished listing images", stage=stage, count=len(images))
+    for image in images:
+        log.debug("image present in runtime", image=text_format.MessageToString(image, as_one_line=True), stage=stage)
+
+
+def run_fetch(options: FetchOptions) -> int:
+    log = configure_logging(options.debug, cast(LogFormat, options.log_format))
+    images = load_images(options.image_list_file, options.positional_images)
+    extensions = build_extensions(options, log)
+    sources = list(extensions.credential_sources)
+    if options.docker_config:
+        sources.append(load_docker_config(options.docker_config, log))
+    else:
+        log.info("no image pull secret path provided, will pull without credentials")
+    return asyncio.run(FetchRun(options, images, ChainedCredentials(sources), extensions, log).main())
+
+
+class FetchRun:
+    def __init__(
+        self,
+        options: FetchOptions,
+        images: list[str],
+        credentials: CredentialSource,
+        extensions: Extensions,
+        log: Logger,
+    ) -> None:
+        self.options = options
+        self.images = unique_in_order(images)
+        self.listed = len(images)
+        self.credentials = credentials
+        self.extensions = extensions
+        self.log = log
+        self.signal_name: str | None = None
+        self._phase: asyncio.Task[Any] | None = None
+
+    async def main(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in _SIGNAL_NAMES:
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        started = time.monotonic()
+        deadline = Deadline(to_seconds(self.options.overall_timeout))
+        needs_cri = bool(self.images) or self.options.debug
+        # With nothing to pull and no debug listing, CRI is never contacted (as upstream).
+        cri = CriClient(self.options.cri_socket) if needs_cri else None
+        engine = PullEngine(cri, pull_settings(self.options), self.credentials, self.log, self.extensions.observers)
+        fatal: CommandError | None = None
+        try:
+            try:
+                await self._interruptible(self._pull_phase(cri, engine, deadline))
+            except CommandError as err:
+                fatal = err
+                self._mark_unreached(engine, str(err))
+            report = self._report(engine, started)
+            self.log.info(
+                "pulling images finished",
+                ok=report.count("ok"),
+                failed=report.count("failed", "pending"),
+                skipped=report.count("skipped"),
+                attempts=report.attempts,
+                complete=report.complete,
+            )
+            write_termination_log(self.options.termination_log, build_summary(report), self.log)
+            await self._interruptible(self._post_run(report, cri, deadline))
+        finally:
+            for signum in _SIGNAL_NAMES:
+                loop.remove_signal_handler(signum)
+            if cri is not None:
+                await cri.close()
+        if fatal is not None:
+            raise fatal
+        if self.signal_name is not None:
+            self.log.warn("fetch interrupted", signal=self.signal_name)
+            return EXIT_CODES[self.signal_name]
+        return 0
+
+    def _on_signal(self, signum: int) -> None:
+        if self.signal_name is None:
+            self.signal_name = _SIGNAL_NAMES[signal.Signals(signum)]
+        if self._phase is not None and not self._phase.done():
+            self._phase.cancel()  # cancels the pulls' RPCs (or, on a second signal, the post-run steps)
+
+    async def _interruptible(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._phase = asyncio.ensure_future(coro)
+        try:
+            await self._phase
+        except asyncio.CancelledError:
+            if self.signal_name is None:
+                raise
+        finally:
+            self._phase = None
+
+    async def _pull_phase(self, cri: CriClient | None, engine: PullEngine, deadline: Deadline) -> None:
+        self.log.info("starting to pull images", images=len(self.images), listed=self.listed)
+        if cri is None:
+            return
+        connect_timeout = min(to_seconds(self.options.cri_connect_timeout), max(deadline.remaining(), 0.001))
+        version = await wait_for_runtime(cri, connect_timeout)
+        self.log.info(
+            "connected to CRI runtime",
+            runtime=version.runtime_name,
+            version=version.runtime_version,
+            apiVersion=version.runtime_api_version,
+        )
+        if self.options.debug:
+            await self._debug_listing(cri, "before", deadline, fatal=True)
+        await engine.run(self.images, deadline)
+
+    async def _debug_listing(self, cri: CriClient, stage: str, deadline: Deadline, fatal: bool) -> None:
+        timeout = to_seconds(self.options.image_list_timeout)
+        if fatal:
+            timeout = min(timeout, max(deadline.remaining(), 0.001))
+        try:
+            await list_images_for_debug(cri, stage, timeout, self.log)
+        except grpc.aio.AioRpcError as err:
+            message = f"failed to list images for debugging {stage} pulling: failed to call ListImages: "
+            message += rpc_error(err).go_string()
+            if fatal:
+                raise CommandError(message) from None
+            self.log.error(message)
+
+    def _mark_unreached(self, engine: PullEngine, reason: str) -> None:
+        for image in self.images:
+            result = engine.results.setdefault(image, ImageResult(image))
+            if result.outcome == "pending":
+                result.outcome, result.error = "failed", PullError("UNAVAILABLE", reason)
+
+    def _report(self, engine: PullEngine, started: float) -> RunReport:
+        for image in self.images:
+            engine.results.setdefault(image, ImageResult(image))
+        ended_early = any(r.ended_by_deadline or r.outcome == "pending" for r in engine.results.values())
+        for result in engine.results.values():
+            if result.outcome == "pending":
+                result.outcome = "failed"
+                if result.error is None:
+                    result.error = PullError("CANCELLED", f"interrupted by signal ({self.signal_name})")
+        return RunReport(
+            node=node_name(),
+            results={image: engine.results[image] for image in self.images},
+            attempts=engine.attempts,
+            seconds=time.monotonic() - started,
+            complete=self.signal_name is None and not ended_early,
+            interrupted_by=self.signal_name,
+        )
+
+    async def _post_run(self, report: RunReport, cri: CriClient | None, deadline: Deadline) -> None:
+        steps = list(self.extensions.post_run_steps)
+        if self.options.debug and cri is not None:
+            steps.append(
+                PostRunStep("debug image listing", lambda _r, _b: self._debug_listing(cri, "after", deadline, False))
+            )
+        loop = asyncio.get_running_loop()
+        if self.signal_name is not None:
+            hard_end = loop.time() + INTERRUPTED_POST_RUN_SECONDS
+        else:
+            hard_end = max(deadline.when, loop.time()) + POST_RUN_GRACE_SECONDS
+        for position, step in enumerate(steps):
+            share = (hard_end - loop.time()) / (len(steps) - position)
+            budget = max(MIN_STEP_SECONDS, share)
+            try:
+                await asyncio.wait_for(step.run(report, budget), timeout=budget)
+            except asyncio.TimeoutError:
+                self.log.error("post-run step did not finish in time", step=step.name, budget=Seconds(budget))
+            except Exception as err:  # a post-run step (labels, metrics) must never fail the run
+                self.log.error("post-run step failed", step=step.name, error=str(err))

@@ -1,0 +1,104 @@
+"""The termination summary (DESIGN.md "the termination summary"): one compact JSON object, at most 4096 bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from image_prefetcher.engine import ImageResult
+from image_prefetcher.logs import Logger
+
+SUMMARY_LIMIT = 4096  # the kubelet's cap on a termination message
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a `fetch` run did; handed to the summary builder and to the post-run steps (labels, metrics)."""
+
+    node: str
+    results: Mapping[str, ImageResult]  # unique image -> result, list order
+    attempts: int
+    seconds: float
+    complete: bool
+    interrupted_by: str | None = None  # "terminated" / "interrupt" when a signal stopped the run
+
+    @property
+    def all_succeeded(self) -> bool:
+        """Every image present at the end (pulled or skipped); true for an empty list, as upstream's label."""
+        return all(r.outcome in ("ok", "skipped") for r in self.results.values())
+
+    def count(self, *outcomes: str) -> int:
+        return sum(1 for r in self.results.values() if r.outcome in outcomes)
+
+
+def _encode(summary: Mapping[str, Any]) -> bytes:
+    return json.dumps(summary, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _largest_fitting(build: Any, count: int, limit: int) -> int:
+    """Largest k in [0, count] with len(build(k)) <= limit (sizes grow with k); -1 if even k=0 is too big."""
+    if len(build(0)) > limit:
+        return -1
+    low, high = 0, count
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(build(middle)) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def build_summary(report: RunReport, limit: int = SUMMARY_LIMIT) -> bytes:
+    """Compact JSON; when too long, `retries` entries go first, then `errors` entries (counts stay exact)."""
+    failed = [r for r in report.results.values() if r.outcome not in ("ok", "skipped")]
+    errors = [(r.image, r.reason()) for r in failed]
+    retries = [(r.image, r.attempts) for r in report.results.values() if r.attempts > 1]
+    base: dict[str, Any] = {
+        "v": FORMAT_VERSION,
+        "node": report.node,
+        "complete": report.complete,
+        "ok": report.count("ok"),
+        "failed": len(failed),
+        "skipped": report.count("skipped"),
+        "bytes": sum(r.size_bytes for r in report.results.values() if r.outcome == "ok"),
+        "seconds": round(report.seconds, 2),
+        "attempts": report.attempts,
+    }
+
+    def build(kept_errors: int, kept_retries: int, truncated: bool) -> bytes:
+        return _encode(
+            {
+                **base,
+                "errors": dict(errors[:kept_errors]),
+                "retries": dict(retries[:kept_retries]),
+                "truncated": truncated,
+            }
+        )
+
+    full = build(len(errors), len(retries), False)
+    if len(full) <= limit:
+        return full
+    kept_retries = _largest_fitting(lambda k: build(len(errors), k, True), len(retries), limit)
+    if kept_retries >= 0:
+        return build(len(errors), kept_retries, True)
+    kept_errors = _largest_fitting(lambda k: build(k, 0, True), len(errors), limit)
+    return build(max(kept_errors, 0), 0, True)
+
+
+def write_termination_log(path: str, content: bytes, log: Logger) -> bool:
+    """Write the summary; skipped when the file's directory does not exist (not in a pod). Never fatal."""
+    if not path or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        log.debug("termination log directory does not exist, not writing the summary", path=path)
+        return False
+    try:
+        with open(path, "wb") as handle:
+            handle.write(content)
+    except OSError as err:
+        log.warn("failed to write the termination log", path=path, error=str(err))
+        return False
+    return True
