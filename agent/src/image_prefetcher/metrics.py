@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from image_prefetcher.logs import get_logger
 
@@ -109,6 +110,21 @@ def backoff_waits(rand: Callable[[], float] = random.random, count: int = MAX_AT
     return waits
 
 
+class PullAttemptLike(Protocol):
+    """What the engine reports per attempt (engine.PullAttempt): times in seconds, error in Go form or None."""
+
+    @property
+    def image(self) -> str: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def error(self) -> BaseException | str | None: ...
+    @property
+    def size_bytes(self) -> int: ...
+
+
 SubmitFn = Callable[[Sequence[Attempt], float], Awaitable[None]]
 
 
@@ -119,22 +135,21 @@ class MetricsRecorder:
     node: str = field(default_factory=node_name)
     attempts: list[Attempt] = field(default_factory=list)
 
-    def observe(
-        self, image: str, started_at: float, duration_s: float, error: BaseException | str | None, size_bytes: int
-    ) -> None:
-        failed = error is not None
+    def observe(self, attempt: PullAttemptLike) -> None:
+        """The engine's attempt observer: one Result per PullImage call, success or failure."""
+        failed = attempt.error is not None
         self.attempts.append(
             Attempt(
                 attempt_id=str(uuid.uuid4()),
-                started_at=int(started_at),
-                image=image,
-                error=error_text(error) if failed else "",
-                duration_ms=max(0, int(duration_s * 1000)),
+                started_at=int(attempt.started_at),
+                image=attempt.image,
+                error=error_text(attempt.error) if failed else "",
+                duration_ms=max(0, int(attempt.duration * 1000)),
                 node=self.node,
-                size_bytes=0 if failed else max(0, int(size_bytes or 0)),
+                size_bytes=0 if failed else max(0, int(attempt.size_bytes or 0)),
             )
         )
-        log.debug("metric received", image=image, error=self.attempts[-1].error)
+        log.debug("metric received", image=attempt.image, error=self.attempts[-1].error)
 
 
 def grpc_submit(endpoint: str) -> tuple[SubmitFn, Callable[[], Awaitable[None]]]:

@@ -21,9 +21,10 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 from urllib.parse import quote
 
-from image_prefetcher.incluster import ApiResponse, InClusterConfig, InClusterError, load_incluster_config
+from image_prefetcher.incluster import ApiResponse, InClusterError, load_incluster_config
 from image_prefetcher.logs import get_logger
 
 LABEL_PREFIX = "image-prefetcher.stackrox.io/"
@@ -84,7 +85,18 @@ class LabelError(Exception):
     pass
 
 
-def _patch_once(config: InClusterConfig, node: str, body: bytes, timeout: float) -> None:
+class ApiClient(Protocol):
+    """What labelling needs from the in-cluster config (InClusterConfig; a fake in unit tests)."""
+
+    @property
+    def server(self) -> str: ...
+
+    def request(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str], timeout: float
+    ) -> ApiResponse: ...
+
+
+def _patch_once(config: ApiClient, node: str, body: bytes, timeout: float) -> None:
     try:
         response: ApiResponse = config.request(
             "PATCH", f"/api/v1/nodes/{quote(node, safe='')}", body, patch_headers(), timeout
@@ -98,7 +110,7 @@ def _patch_once(config: InClusterConfig, node: str, body: bytes, timeout: float)
 
 
 async def patch_node_labels(
-    config: InClusterConfig,
+    config: ApiClient,
     node: str,
     labels: Mapping[str, str],
     *,
@@ -131,7 +143,7 @@ async def update_node_labels(
     complete: bool = True,
     *,
     environ: Mapping[str, str] | None = None,
-    load_config: Callable[[], InClusterConfig] | None = None,
+    load_config: Callable[[], ApiClient] | None = None,
     deadline_s: float = LABEL_DEADLINE_S,
 ) -> bool:
     """Label this node with the run's outcome. Returns True when the label was written; every failure is logged."""
@@ -145,7 +157,7 @@ async def update_node_labels(
         log.info("INSTANCE_NAME environment variable not set, skipping node labeling")
         return False
     try:
-        config = (load_config or (lambda: load_incluster_config(env)))()
+        config: ApiClient = load_config() if load_config is not None else load_incluster_config(env)
     except InClusterError as err:
         log.warn("failed to create Kubernetes client, skipping node labeling", error=str(err))
         return False
