@@ -13,7 +13,7 @@ def main():
     subprocess.check_call([sys.executable, "-m", "ensurepip", "--upgrade"])
     args = [a for a in sys.argv[1:] if a not in DROP]
     if args:
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "--disable-pip-version-check"] + args)
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *args])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every suite, even after a failure, then prints one closing line: "suites: N passed, N failed".
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 suites=(lint test-agent test-collection test-integration test-e2e test-image)
 passed=0; failed=0; failed_names=()
 for s in "${suites[@]}"; do
