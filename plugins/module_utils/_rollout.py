@@ -1,0 +1,676 @@
+# Copyright: stackrox.prefetch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Waiting for an instance's DaemonSet and reading what every node's agent reported.
+
+Pure parts: the DaemonSet completion predicate, the parsing of the agent's termination summary (DESIGN.md),
+the per-node report, and the messages. I/O part: ``RolloutWaiter``, which follows the DaemonSet and its pods
+with list + watch (resuming from the last resourceVersion, re-listing on 410 Gone) instead of polling.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import (
+    Cluster,
+    ResourceInfo,
+    WatchExpiredError,
+    object_target,
+)
+from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
+    ClusterError,
+    ClusterUnreachableError,
+    ForbiddenError,
+    NotFoundError,
+    PrefetchError,
+    RolloutError,
+)
+
+PREFETCH_CONTAINER = "prefetch"
+CONFIG_HASH_ANNOTATION = "prefetch.stackrox.io/config-hash"
+TEMPLATE_GENERATION_ANNOTATION = "deprecated.daemonset.template.generation"
+TEMPLATE_GENERATION_LABEL = "pod-template-generation"
+RAW_SUMMARY_LIMIT = 200
+_MESSAGE_GROUP_LIMIT = 8
+_STATUS_COUNTERS = (
+    "desiredNumberScheduled",
+    "currentNumberScheduled",
+    "updatedNumberScheduled",
+    "numberReady",
+    "numberAvailable",
+    "numberUnavailable",
+    "numberMisscheduled",
+    "observedGeneration",
+)
+_TAINT_EFFECTS_THAT_REPEL = ("NoSchedule", "NoExecute")
+
+
+def _shorten(text: str, limit: int = RAW_SUMMARY_LIMIT) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _meta(obj: Optional[dict[str, Any]]) -> dict[str, Any]:
+    return dict((obj or {}).get("metadata") or {})
+
+
+def _status(obj: Optional[dict[str, Any]]) -> dict[str, Any]:
+    return dict((obj or {}).get("status") or {})
+
+
+# --- DaemonSet completion (pure) -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``done``: the rollout finished; ``no_nodes``: it can never start (desiredNumberScheduled 0)."""
+
+    done: bool
+    reason: str
+    no_nodes: bool = False
+
+
+def daemonset_counters(daemonset: dict[str, Any]) -> dict[str, Any]:
+    status = _status(daemonset)
+    counters = {key: int(status.get(key) or 0) for key in _STATUS_COUNTERS}
+    counters["generation"] = int(_meta(daemonset).get("generation") or 0)
+    return counters
+
+
+def daemonset_progress(daemonset: dict[str, Any]) -> Progress:
+    """DaemonSet part of completion: generation observed, updated == desired == available, none unavailable."""
+    status = _status(daemonset)
+    generation = _meta(daemonset).get("generation")
+    observed = status.get("observedGeneration")
+    if observed is None or (generation is not None and int(observed) < int(generation)):
+        return Progress(False, f"the controller has not yet observed generation {generation}")
+    desired = int(status.get("desiredNumberScheduled") or 0)
+    if desired == 0:
+        return Progress(False, "no node matches the DaemonSet's nodeSelector and tolerations", no_nodes=True)
+    updated = int(status.get("updatedNumberScheduled") or 0)
+    available = int(status.get("numberAvailable") or 0)
+    unavailable = int(status.get("numberUnavailable") or 0)
+    if updated != desired or available != desired or unavailable:
+        return Progress(False, f"{updated}/{desired} nodes updated, {available}/{desired} available")
+    return Progress(True, f"{desired}/{desired} nodes updated and available")
+
+
+def _owned_by(pod: dict[str, Any], daemonset: dict[str, Any]) -> bool:
+    uid = _meta(daemonset).get("uid")
+    references = _meta(pod).get("ownerReferences") or []
+    if not uid or not references:
+        return True  # nothing to compare: the label selector already chose the pod
+    return any(reference.get("uid") == uid for reference in references)
+
+
+def is_current_pod(pod: dict[str, Any], daemonset: dict[str, Any]) -> bool:
+    """A live pod of the DaemonSet built from its current template."""
+    if _meta(pod).get("deletionTimestamp") or not _owned_by(pod, daemonset):
+        return False
+    template_generation = (_meta(daemonset).get("annotations") or {}).get(TEMPLATE_GENERATION_ANNOTATION)
+    pod_generation = (_meta(pod).get("labels") or {}).get(TEMPLATE_GENERATION_LABEL)
+    if template_generation and pod_generation:
+        return str(template_generation) == str(pod_generation)
+    template_meta = (((daemonset.get("spec") or {}).get("template") or {}).get("metadata")) or {}
+    template_hash = (template_meta.get("annotations") or {}).get(CONFIG_HASH_ANNOTATION)
+    if template_hash:
+        return (_meta(pod).get("annotations") or {}).get(CONFIG_HASH_ANNOTATION) == template_hash
+    return True
+
+
+def pod_node(pod: dict[str, Any]) -> str:
+    """The node a DaemonSet pod runs on or is meant for (its node affinity names it before scheduling)."""
+    node = ((pod.get("spec") or {}).get("nodeName")) or ""
+    if node:
+        return str(node)
+    affinity = (((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    for term in affinity.get("nodeSelectorTerms") or []:
+        for match in term.get("matchFields") or []:
+            if match.get("key") == "metadata.name" and match.get("values"):
+                return str(match["values"][0])
+    return ""
+
+
+def prefetch_status(pod: dict[str, Any]) -> Optional[dict[str, Any]]:
+    for status in _status(pod).get("initContainerStatuses") or []:
+        if status.get("name") == PREFETCH_CONTAINER:
+            return dict(status)
+    return None
+
+
+def prefetch_terminated(pod: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The terminated state that holds the summary: state.terminated, else lastState.terminated when idle."""
+    status = prefetch_status(pod) or {}
+    state = status.get("state") or {}
+    if state.get("terminated"):
+        return dict(state["terminated"])
+    last = (status.get("lastState") or {}).get("terminated")
+    if last and not state.get("running") and not state.get("waiting"):
+        return dict(last)
+    return None
+
+
+def rollout_complete(daemonset: dict[str, Any], pods: list[dict[str, Any]]) -> Progress:
+    """DaemonSet predicate plus: every current pod's prefetch init container has terminated (summary readable)."""
+    progress = daemonset_progress(daemonset)
+    if not progress.done:
+        return progress
+    current = [pod for pod in pods if is_current_pod(pod, daemonset)]
+    desired = int(_status(daemonset).get("desiredNumberScheduled") or 0)
+    if len(current) < desired:
+        return Progress(False, f"{len(current)}/{desired} current pods seen")
+    waiting = [pod for pod in current if prefetch_terminated(pod) is None]
+    if waiting:
+        return Progress(False, f"{len(waiting)} pod(s) have not finished the prefetch init container")
+    return progress
+
+
+# --- the agent's summary and the per-node report (pure) -----------------------------------------------------------
+
+
+def _as_int(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def parse_summary(message: Optional[str]) -> tuple[Optional[dict[str, Any]], str]:
+    """(summary, "") for a readable agent summary, else (None, why) with the raw text cut short."""
+    if not message or not message.strip():
+        return None, "no summary in the termination message"
+    try:
+        parsed = json.loads(message)
+    except ValueError:
+        return None, f"unreadable summary: {_shorten(message)}"
+    if not isinstance(parsed, dict) or not all(key in parsed for key in ("ok", "failed")):
+        return None, f"unexpected summary: {_shorten(message)}"
+    errors: dict[str, Any] = parsed["errors"] if isinstance(parsed.get("errors"), dict) else {}
+    retries: dict[str, Any] = parsed["retries"] if isinstance(parsed.get("retries"), dict) else {}
+    summary = {
+        "complete": parsed.get("complete", True) is not False,
+        "ok": _as_int(parsed.get("ok")),
+        "failed": _as_int(parsed.get("failed")),
+        "skipped": _as_int(parsed.get("skipped")),
+        "attempts": _as_int(parsed.get("attempts")),
+        "bytes": _as_int(parsed.get("bytes")),
+        "seconds": float(parsed.get("seconds") or 0) if isinstance(parsed.get("seconds"), (int, float)) else 0.0,
+        "errors": {str(image): str(reason) for image, reason in errors.items()},
+        "retries": {str(image): _as_int(count) for image, count in retries.items()},
+        "truncated": bool(parsed.get("truncated")),
+    }
+    return summary, ""
+
+
+def _empty_report(node: str, pod: Optional[dict[str, Any]], status: str, message: str) -> dict[str, Any]:
+    return {
+        "node": node,
+        "pod": _meta(pod).get("name") if pod else None,
+        "status": status,
+        "ok": 0,
+        "failed": 0,
+        "skipped": 0,
+        "attempts": 0,
+        "bytes": 0,
+        "seconds": 0.0,
+        "errors": {},
+        "retries": {},
+        "message": message,
+    }
+
+
+def _report_from_terminated(node: str, pod: dict[str, Any], terminated: dict[str, Any]) -> dict[str, Any]:
+    summary, problem = parse_summary(terminated.get("message"))
+    if summary is None:
+        detail = f"exit code {terminated.get('exitCode', '?')}, {terminated.get('reason') or 'no reason'}"
+        return _empty_report(node, pod, "unknown", f"{problem} ({detail})")
+    report = _empty_report(node, pod, "succeeded", "")
+    for key in ("ok", "failed", "skipped", "attempts", "bytes", "seconds", "errors", "retries"):
+        report[key] = summary[key]
+    notes = []
+    if not summary["complete"]:
+        notes.append("interrupted before every image ended")
+    if summary["truncated"]:
+        notes.append("some error/retry entries were left out of the summary")
+    if summary["failed"] or not summary["complete"]:
+        report["status"] = "failed"
+    report["message"] = "; ".join(notes)
+    return report
+
+
+def _waiting_message(status: dict[str, Any]) -> str:
+    waiting = (status.get("state") or {}).get("waiting") or {}
+    text = str(waiting.get("reason") or "Waiting")
+    if waiting.get("message"):
+        text += f": {_shorten(waiting['message'])}"
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    if last:
+        text += f" (last run exited {last.get('exitCode', '?')}: {last.get('reason') or 'no reason'})"
+    return text
+
+
+def _pending_message(pod: dict[str, Any]) -> str:
+    status = _status(pod)
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return f"{condition.get('reason') or 'Unschedulable'}: {_shorten(condition.get('message') or '')}"
+    reason = status.get("reason") or status.get("phase") or "Pending"
+    return f"pod {reason}: {_shorten(status.get('message') or 'waiting for the kubelet to start it')}"
+
+
+def node_report(node: str, pod: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """What one node's pod says: the agent's summary once the init container ended, else why not yet."""
+    if pod is None:
+        return _empty_report(node, None, "not_started", "no pod on this node yet")
+    terminated = prefetch_terminated(pod)
+    if terminated is not None:
+        return _report_from_terminated(node, pod, terminated)
+    status = prefetch_status(pod)
+    state = (status or {}).get("state") or {}
+    if state.get("running"):
+        started = state["running"].get("startedAt")
+        return _empty_report(node, pod, "pulling", f"pulling since {started}" if started else "pulling")
+    if state.get("waiting"):
+        return _empty_report(node, pod, "pending", _waiting_message(status or {}))
+    phase = _status(pod).get("phase") or "Pending"
+    if phase == "Pending":
+        return _empty_report(node, pod, "not_started", _pending_message(pod))
+    return _empty_report(node, pod, "unknown", f"pod {phase}: {_shorten(_status(pod).get('message') or '')}")
+
+
+def _newest_per_node(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    chosen: dict[str, dict[str, Any]] = {}
+    for pod in sorted(pods, key=lambda p: str(_meta(p).get("creationTimestamp") or "")):
+        chosen[pod_node(pod) or f"(unscheduled {_meta(pod).get('name')})"] = pod
+    return chosen
+
+
+def build_report(
+    daemonset: dict[str, Any], pods: list[dict[str, Any]], expected_nodes: Optional[list[str]] = None
+) -> dict[str, Any]:
+    """``nodes`` (sorted by node), ``totals`` and ``daemonset`` counters from the current pods."""
+    by_node = _newest_per_node([pod for pod in pods if is_current_pod(pod, daemonset)])
+    names = set(by_node) | set(expected_nodes or [])
+    nodes = [node_report(name, by_node.get(name)) for name in sorted(names)]
+    totals = {
+        "nodes": len(nodes),
+        "nodes_succeeded": sum(1 for report in nodes if report["status"] == "succeeded"),
+        "nodes_failed": sum(1 for report in nodes if report["status"] == "failed"),
+        "images_ok": sum(report["ok"] for report in nodes),
+        "images_failed": sum(report["failed"] for report in nodes),
+        "images_skipped": sum(report["skipped"] for report in nodes),
+        "bytes": sum(report["bytes"] for report in nodes),
+    }
+    return {"nodes": nodes, "totals": totals, "daemonset": daemonset_counters(daemonset)}
+
+
+# --- messages (pure) -----------------------------------------------------------------------------------------------
+
+
+def _join_limited(parts: list[str], limit: int = _MESSAGE_GROUP_LIMIT) -> str:
+    shown = "; ".join(parts[:limit])
+    return shown + (f"; and {len(parts) - limit} more" if len(parts) > limit else "")
+
+
+def pull_failure_message(nodes: list[dict[str, Any]]) -> str:
+    """Failed images grouped by (image, reason) with the nodes that hit them, deduplicated."""
+    failed = [report for report in nodes if report["status"] == "failed"]
+    groups: dict[tuple[str, str], list[str]] = {}
+    unexplained = []
+    for report in failed:
+        for image, reason in sorted(report["errors"].items()):
+            groups.setdefault((image, reason), []).append(report["node"])
+        if not report["errors"]:
+            unexplained.append(
+                f"{report['node']}: {report['failed']} image(s) failed ({report['message'] or 'no details'})"
+            )
+    parts = [f"{image}: {reason} [{', '.join(names)}]" for (image, reason), names in sorted(groups.items())]
+    return f"image pulls failed on {len(failed)} of {len(nodes)} node(s): {_join_limited(parts + unexplained)}"
+
+
+def _nodes_with(nodes: list[dict[str, Any]], statuses: tuple[str, ...], with_message: bool) -> list[str]:
+    picked = [report for report in nodes if report["status"] in statuses]
+    if with_message:
+        return [f"{report['node']} ({report['message']})" for report in picked]
+    return [str(report["node"]) for report in picked]
+
+
+def timeout_message(
+    target: str, timeout: float, progress: Progress, nodes: list[dict[str, Any]], events: list[str]
+) -> str:
+    """Which nodes are still pulling, which never started and why, plus the DaemonSet's warning events."""
+    parts = [f"timed out after {int(timeout)}s waiting for {target} ({progress.reason})"]
+    pulling = _nodes_with(nodes, ("pulling",), with_message=False)
+    waiting = _nodes_with(nodes, ("pending", "not_started"), with_message=True)
+    if pulling:
+        parts.append(f"still pulling: {', '.join(pulling)}")
+    if waiting:
+        parts.append(f"not started: {_join_limited(waiting)}")
+    if events:
+        parts.append(f"events: {_join_limited(events, 5)}")
+    return "; ".join(parts)
+
+
+def no_nodes_message(target: str, daemonset: dict[str, Any], events: list[str]) -> str:
+    spec = (((daemonset.get("spec") or {}).get("template") or {}).get("spec")) or {}
+    selector = spec.get("nodeSelector") or {}
+    text = (
+        f"{target} schedules no pods (desiredNumberScheduled is 0): no node matches its "
+        f"nodeSelector {json.dumps(selector, sort_keys=True)} and tolerations"
+    )
+    return text + (f"; events: {_join_limited(events, 5)}" if events else "")
+
+
+def warning_events(events: list[dict[str, Any]], names: set[str]) -> list[str]:
+    """Warning events about the DaemonSet or its pods, newest first, one line per distinct reason/message."""
+    relevant = [
+        event
+        for event in events
+        if event.get("type") == "Warning" and (event.get("involvedObject") or {}).get("name") in names
+    ]
+
+    def when(event: dict[str, Any]) -> str:
+        return str(event.get("lastTimestamp") or event.get("eventTime") or _meta(event).get("creationTimestamp") or "")
+
+    lines: list[str] = []
+    for event in sorted(relevant, key=when, reverse=True):
+        involved = event.get("involvedObject") or {}
+        message = _shorten(event.get("message") or "")
+        line = f"{involved.get('kind')} {involved.get('name')}: {event.get('reason')}: {message}"
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def _tolerated(taint: dict[str, Any], tolerations: list[dict[str, Any]]) -> bool:
+    for toleration in tolerations:
+        if toleration.get("effect") and toleration.get("effect") != taint.get("effect"):
+            continue
+        if toleration.get("operator") == "Exists" and not toleration.get("key"):
+            return True
+        if toleration.get("key") != taint.get("key"):
+            continue
+        if toleration.get("operator") == "Exists" or toleration.get("value", "") == taint.get("value", ""):
+            return True
+    return False
+
+
+def eligible_nodes(nodes: list[dict[str, Any]], pod_spec: dict[str, Any]) -> list[str]:
+    """Nodes the DaemonSet should run on by nodeSelector and taints/tolerations (node affinity is not evaluated)."""
+    selector = pod_spec.get("nodeSelector") or {}
+    tolerations = list(pod_spec.get("tolerations") or [])
+    names = []
+    for node in nodes:
+        labels = _meta(node).get("labels") or {}
+        if any(labels.get(key) != value for key, value in selector.items()):
+            continue
+        taints = [
+            t for t in ((node.get("spec") or {}).get("taints") or []) if t.get("effect") in _TAINT_EFFECTS_THAT_REPEL
+        ]
+        if all(_tolerated(taint, tolerations) for taint in taints):
+            names.append(str(_meta(node).get("name")))
+    return sorted(names)
+
+
+# --- metrics (pure) ------------------------------------------------------------------------------------------------
+
+
+def parse_metrics(text: str) -> list[dict[str, Any]]:
+    """The aggregator's /metrics body: a JSON list of pull attempts."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        raise ClusterError(
+            f"the metrics aggregator answered something other than JSON: {_shorten(text, 120)}"
+        ) from None
+    if not isinstance(parsed, list):
+        raise ClusterError(f"the metrics aggregator answered a {type(parsed).__name__}, expected a list")
+    return [item for item in parsed if isinstance(item, dict)]
+
+
+def metrics_summary(metrics: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per node: pull attempts, failed attempts and bytes pulled."""
+    summary: dict[str, dict[str, int]] = {}
+    for item in metrics:
+        entry = summary.setdefault(
+            str(item.get("node") or "unknown"), {"attempts": 0, "failed_attempts": 0, "bytes": 0}
+        )
+        entry["attempts"] += 1
+        entry["failed_attempts"] += 1 if item.get("error") else 0
+        entry["bytes"] += _as_int(item.get("size_bytes"))
+    return dict(sorted(summary.items()))
+
+
+def metrics_path(namespace: str, name: str, port: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/services/{name}-metrics:{port}/proxy/metrics"
+
+
+# --- following the rollout through the API server -----------------------------------------------------------------
+
+
+@dataclass
+class WatchState:
+    """The latest DaemonSet and pods as seen through list + watch."""
+
+    name: str
+    daemonset: Optional[dict[str, Any]] = None
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def sync(self, kind: str, items: list[dict[str, Any]]) -> None:
+        """A fresh list replaces everything known of that kind."""
+        if kind == "pods":
+            self.pods = {str(_meta(item).get("name")): item for item in items}
+        else:
+            self.daemonset = next((item for item in items if _meta(item).get("name") == self.name), None)
+
+    def apply(self, kind: str, event: dict[str, Any]) -> None:
+        obj = event.get("object") or {}
+        kind_of_event = event.get("type")
+        if kind_of_event not in ("ADDED", "MODIFIED", "DELETED"):
+            return  # BOOKMARK only moves the resourceVersion
+        name = str(_meta(obj).get("name"))
+        if kind == "pods":
+            if kind_of_event == "DELETED":
+                self.pods.pop(name, None)
+            else:
+                self.pods[name] = obj
+        elif name == self.name:
+            self.daemonset = None if kind_of_event == "DELETED" else obj
+
+
+class _ListWatch(threading.Thread):
+    """Lists once, then watches from the list's resourceVersion; re-lists on 410; reports into a queue."""
+
+    transient_retries = 3
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        info: ResourceInfo,
+        namespace: str,
+        selector: Optional[str],
+        kind: str,
+        events: queue.Queue[tuple[str, str, Any]],
+        watch_slice: int,
+    ) -> None:
+        super().__init__(daemon=True, name=f"watch-{kind}")
+        self.cluster, self.info, self.namespace, self.selector = cluster, info, namespace, selector
+        self.kind, self.events, self.watch_slice = kind, events, watch_slice
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        version: Optional[str] = None
+        failures = 0
+        while not self.stopped.is_set():
+            try:
+                if version is None:
+                    items, version = self.cluster.list_objects(self.info, self.namespace, self.selector)
+                    self.events.put(("sync", self.kind, items))
+                version = self._follow(version)
+                failures = 0
+            except WatchExpiredError:
+                version = None
+            except ClusterUnreachableError as error:
+                failures += 1
+                if failures > self.transient_retries:
+                    self.events.put(("error", self.kind, error))
+                    return
+                self.stopped.wait(1.0)
+            except PrefetchError as error:
+                self.events.put(("error", self.kind, error))
+                return
+            except Exception as error:  # never let a thread die silently: the waiter would wait for nothing
+                self.events.put(("error", self.kind, ClusterError(f"watch of {self.kind} failed: {error}")))
+                return
+
+    def _follow(self, version: str) -> str:
+        started = time.monotonic()
+        for event in self.cluster.watch(self.info, self.namespace, version, self.watch_slice, self.selector):
+            if self.stopped.is_set():
+                return version
+            version = str(_meta(event.get("object")).get("resourceVersion") or version)
+            if event.get("type") != "BOOKMARK":
+                self.events.put(("event", self.kind, event))
+        if time.monotonic() - started < 1.0:
+            self.stopped.wait(0.5)  # a watch that ends at once (proxy, odd server) must not turn into a busy loop
+        return version
+
+
+@dataclass
+class RolloutWaiter:
+    """Waits until ``rollout_complete`` holds, the DaemonSet can never start, or ``timeout`` passes."""
+
+    cluster: Cluster
+    name: str
+    namespace: str
+    timeout: float
+    clock: Callable[[], float] = time.monotonic
+    watch_slice: int = 30
+
+    @property
+    def target(self) -> str:
+        return object_target("DaemonSet", self.name, self.namespace)
+
+    def existing_daemonset(self) -> Optional[dict[str, Any]]:
+        return self.cluster.get(self.cluster.resource_for("apps/v1", "DaemonSet"), self.name, self.namespace)
+
+    def wait(self, daemonset: dict[str, Any]) -> WatchState:
+        """Follow the DaemonSet and its pods; RolloutError (with the partial report) on timeout or no nodes."""
+        deadline = self.clock() + self.timeout
+        state = WatchState(self.name, daemonset)
+        events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
+        watchers = self._start_watchers(daemonset, events)
+        try:
+            while True:
+                progress = self._evaluate(state)
+                if progress.done:
+                    return state
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    self._fail_timeout(state, progress)
+                self._drain(state, events, remaining)
+        finally:
+            for watcher in watchers:
+                watcher.stopped.set()
+
+    def _start_watchers(self, daemonset: dict[str, Any], events: queue.Queue[tuple[str, str, Any]]) -> list[_ListWatch]:
+        slice_seconds = max(1, min(self.watch_slice, int(self.timeout) + 1))
+        watchers = [
+            # No field selector: list/watch the namespace's DaemonSets and pick ours by name.
+            _ListWatch(
+                self.cluster,
+                self.cluster.resource_for("apps/v1", "DaemonSet"),
+                self.namespace,
+                None,
+                "daemonsets",
+                events,
+                slice_seconds,
+            ),
+            _ListWatch(
+                self.cluster,
+                self.cluster.resource_for("v1", "Pod"),
+                self.namespace,
+                pod_selector(daemonset),
+                "pods",
+                events,
+                slice_seconds,
+            ),
+        ]
+        for watcher in watchers:
+            watcher.start()
+        return watchers
+
+    def _drain(self, state: WatchState, events: queue.Queue[tuple[str, str, Any]], remaining: float) -> None:
+        """Block for the next report (at most ``remaining`` seconds), then take every report already queued."""
+        try:
+            item = events.get(timeout=max(0.01, remaining))
+        except queue.Empty:
+            return
+        while True:
+            self._consume(state, item)
+            try:
+                item = events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _consume(self, state: WatchState, item: tuple[str, str, Any]) -> None:
+        what, kind, payload = item
+        if what == "error":
+            raise RolloutError(str(payload), self.report(state))
+        if what == "sync":
+            state.sync(kind, payload)
+        else:
+            state.apply(kind, payload)
+
+    def _evaluate(self, state: WatchState) -> Progress:
+        if state.daemonset is None:
+            raise RolloutError(f"{self.target} was deleted while waiting for it", {})
+        progress = rollout_complete(state.daemonset, list(state.pods.values()))
+        if progress.no_nodes:
+            events = self._warning_events(state)
+            raise RolloutError(no_nodes_message(self.target, state.daemonset, events), self.report(state))
+        return progress
+
+    def _fail_timeout(self, state: WatchState, progress: Progress) -> None:
+        report = self.report(state, with_expected_nodes=True)
+        message = timeout_message(self.target, self.timeout, progress, report["nodes"], self._warning_events(state))
+        raise RolloutError(message, report)
+
+    def report(self, state: WatchState, with_expected_nodes: bool = False) -> dict[str, Any]:
+        if state.daemonset is None:
+            return {}
+        expected = self._expected_nodes(state.daemonset) if with_expected_nodes else None
+        return build_report(state.daemonset, list(state.pods.values()), expected)
+
+    def _expected_nodes(self, daemonset: dict[str, Any]) -> Optional[list[str]]:
+        """Nodes that should run a pod, to name those that never got one (None when nodes may not be listed)."""
+        spec = (((daemonset.get("spec") or {}).get("template") or {}).get("spec")) or {}
+        if spec.get("affinity"):
+            return None  # node affinity is not evaluated here; better no names than wrong ones
+        try:
+            nodes, _ = self.cluster.list_objects(self.cluster.resource_for("v1", "Node"))
+        except (ForbiddenError, NotFoundError):
+            return None
+        return eligible_nodes(nodes, spec)
+
+    def _warning_events(self, state: WatchState) -> list[str]:
+        try:
+            items, _ = self.cluster.list_objects(self.cluster.resource_for("v1", "Event"), self.namespace)
+        except (ForbiddenError, NotFoundError):
+            return []
+        return warning_events(items, {self.name, *state.pods.keys()})
+
+    def fetch_metrics(self, port: str) -> list[dict[str, Any]]:
+        path = metrics_path(self.namespace, self.name, port)
+        target = f"Service {self.namespace}/{self.name}-metrics port {port} (service proxy)"
+        return parse_metrics(self.cluster.get_text(path, "get", target))
+
+
+def pod_selector(daemonset: dict[str, Any]) -> Optional[str]:
+    """``key=value,...`` from the DaemonSet's spec.selector.matchLabels (pods are filtered by owner as well)."""
+    labels = (((daemonset.get("spec") or {}).get("selector") or {}).get("matchLabels")) or {}
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items())) or None

@@ -1,0 +1,310 @@
+#!/usr/bin/python
+# Copyright: stackrox.prefetch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: rollout
+short_description: Wait until every node of an image prefetch instance has pulled, and report per node
+version_added: 0.1.0
+description:
+  - Follows the instance's DaemonSet and its pods with list + watch (resuming from the last resourceVersion and
+    listing again when the server answers 410 Gone), not by polling.
+  - The rollout is complete when the DaemonSet controller has observed the current generation,
+    C(updatedNumberScheduled) == C(desiredNumberScheduled) == C(numberAvailable), nothing is unavailable, and the
+    C(prefetch) init container of every current pod has terminated. A DaemonSet that schedules no pod at all
+    (C(desiredNumberScheduled) 0) is a failure, never a silent success.
+  - Reads every pod's C(prefetch) init-container termination message (the agent's JSON summary) and returns a
+    per-node report and totals. With O(fail_on_pull_error) the task fails when any node failed any image, naming
+    the node(s), image(s) and reason(s).
+  - On timeout the task fails with the partial report, saying which nodes are still pulling, which never started
+    and why (pending reasons, image pull errors of the agent itself, the DaemonSet's warning events such as a
+    Pod Security rejection).
+  - Read-only; never reports C(changed).
+author:
+  - stackrox.prefetch contributors (@stackrox)
+requirements:
+  - kubernetes (the Python client) on the host the module runs on.
+extends_documentation_fragment:
+  - stackrox.prefetch.k8s_auth
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: The module only reads. In check mode a DaemonSet that does not exist yet is not an error.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+options:
+  name:
+    description: The instance name (the DaemonSet's name).
+    type: str
+    required: true
+  namespace:
+    description: The instance namespace.
+    type: str
+    required: true
+  timeout:
+    description: How many seconds to wait for the rollout to complete.
+    type: int
+    default: 1200
+  fail_on_pull_error:
+    description: Fail the task when any node reports a failed image.
+    type: bool
+    default: true
+  collect_metrics:
+    description:
+      - Fetch the metrics aggregator's C(/metrics) through the API server's service proxy
+        (C(/api/v1/namespaces/<namespace>/services/<name>-metrics:<metrics_port>/proxy/metrics)) and return them.
+      - The instance must have been rendered with C(collect_metrics=true).
+      - A failed fetch is a warning, not a failure.
+    type: bool
+    default: false
+  metrics_port:
+    description: The metrics Service's HTTP port, by name or number.
+    type: str
+    default: http
+seealso:
+  - module: stackrox.prefetch.apply
+"""
+
+EXAMPLES = r"""
+- name: Wait for every node and fail when an image could not be pulled
+  stackrox.prefetch.rollout:
+    name: my-images
+    namespace: prefetch
+    timeout: 900
+  register: prefetch
+
+- name: Show the nodes that failed
+  ansible.builtin.debug:
+    msg: "{{ prefetch.nodes | selectattr('status', 'equalto', 'failed') | map(attribute='node') | list }}"
+
+- name: Wait, keep going on pull errors, and fetch the per-attempt metrics
+  stackrox.prefetch.rollout:
+    name: my-images
+    namespace: prefetch
+    fail_on_pull_error: false
+    collect_metrics: true
+"""
+
+RETURN = r"""
+nodes:
+  description: One entry per node, sorted by node name. Also returned when the task fails.
+  returned: when the DaemonSet exists
+  type: list
+  elements: dict
+  contains:
+    node:
+      description: The node name.
+      type: str
+    pod:
+      description: The pod on that node (null when there is none).
+      type: str
+    status:
+      description:
+        - V(succeeded) every image is present; V(failed) some image is not (see RV(nodes[].errors));
+          V(pulling) the agent runs; V(pending) the init container waits (for example the agent's own image does not
+          pull); V(not_started) no pod or not scheduled yet; V(unknown) the agent's summary is missing or unreadable.
+      type: str
+      choices: [succeeded, failed, pulling, pending, not_started, unknown]
+    ok:
+      description: Images pulled in this run.
+      type: int
+    failed:
+      description: Images not present at the end.
+      type: int
+    skipped:
+      description: Images already present and not pulled again.
+      type: int
+    attempts:
+      description: Pull attempts in total.
+      type: int
+    bytes:
+      description: Size of the pulled images.
+      type: int
+    seconds:
+      description: Wall time of the agent's run.
+      type: float
+    errors:
+      description: Image to short reason, for the failed images.
+      type: dict
+    retries:
+      description: Image to number of attempts, for images that needed more than one.
+      type: dict
+    message:
+      description: Why the node is not done (or notes about an incomplete summary); empty otherwise.
+      type: str
+  sample:
+    - node: node-1
+      pod: my-images-x7k2p
+      status: failed
+      ok: 3
+      failed: 1
+      skipped: 0
+      attempts: 6
+      bytes: 31457280
+      seconds: 4.21
+      errors: {"registry.example.com/missing:v1": "not_found: manifest unknown"}
+      retries: {"registry.example.com/app:v1": 2}
+      message: ""
+totals:
+  description: Sums over the nodes.
+  returned: when the DaemonSet exists
+  type: dict
+  contains:
+    nodes:
+      description: Nodes reported.
+      type: int
+    nodes_succeeded:
+      description: Nodes with status succeeded.
+      type: int
+    nodes_failed:
+      description: Nodes with status failed.
+      type: int
+    images_ok:
+      description: Sum of ok.
+      type: int
+    images_failed:
+      description: Sum of failed.
+      type: int
+    images_skipped:
+      description: Sum of skipped.
+      type: int
+    bytes:
+      description: Sum of bytes.
+      type: int
+daemonset:
+  description: The DaemonSet's status counters and generation.
+  returned: when the DaemonSet exists
+  type: dict
+  sample:
+    desiredNumberScheduled: 3
+    currentNumberScheduled: 3
+    updatedNumberScheduled: 3
+    numberReady: 3
+    numberAvailable: 3
+    numberUnavailable: 0
+    numberMisscheduled: 0
+    observedGeneration: 2
+    generation: 2
+metrics:
+  description: The aggregator's list of pull attempts (upstream field names).
+  returned: when O(collect_metrics=true) and the fetch worked
+  type: list
+  elements: dict
+  sample:
+    - {attempt_id: 2f0c..., started_at: 1732460000, image: "registry.example.com/app:v1", duration_ms: 812,
+       node: node-1, size_bytes: 10485760}
+metrics_summary:
+  description: Per node, from the metrics, the pull attempts, failed attempts and bytes.
+  returned: when O(collect_metrics=true) and the fetch worked
+  type: dict
+  sample: {node-1: {attempts: 4, failed_attempts: 1, bytes: 31457280}}
+"""
+
+import os
+import traceback
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.stackrox.prefetch.plugins.module_utils._auth import (
+    AUTH_ARG_SPEC,
+    HAS_KUBERNETES,
+    KUBERNETES_IMPORT_ERROR,
+    build_api_client,
+)
+from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import Cluster
+from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
+    PrefetchError,
+    RolloutError,
+    ValidationError,
+)
+from ansible_collections.stackrox.prefetch.plugins.module_utils._rollout import (
+    RolloutWaiter,
+    build_report,
+    metrics_summary,
+    pull_failure_message,
+)
+
+
+def argument_spec() -> dict[str, t.Any]:
+    spec: dict[str, t.Any] = {key: dict(value) for key, value in AUTH_ARG_SPEC.items()}
+    spec.update(
+        name={"type": "str", "required": True},
+        namespace={"type": "str", "required": True},
+        timeout={"type": "int", "default": 1200},
+        fail_on_pull_error={"type": "bool", "default": True},
+        collect_metrics={"type": "bool", "default": False},
+        metrics_port={"type": "str", "default": "http"},
+    )
+    return spec
+
+
+def validate(params: dict[str, t.Any]) -> None:
+    if params["timeout"] <= 0:
+        raise ValidationError(f"timeout must be a positive number of seconds, got {params['timeout']}")
+    for option in ("name", "namespace", "metrics_port"):
+        if not str(params[option]).strip():
+            raise ValidationError(f"{option} must not be empty")
+
+
+def add_metrics(module: AnsibleModule, waiter: RolloutWaiter, result: dict[str, t.Any]) -> None:
+    try:
+        metrics = waiter.fetch_metrics(str(module.params["metrics_port"]))
+    except PrefetchError as error:
+        module.warn(f"metrics not collected: {error}")
+        return
+    result["metrics"] = metrics
+    result["metrics_summary"] = metrics_summary(metrics)
+
+
+def run(module: AnsibleModule) -> None:
+    params = module.params
+    validate(params)
+    cluster = Cluster(build_api_client(params, os.environ))
+    waiter = RolloutWaiter(cluster, params["name"], params["namespace"], float(params["timeout"]))
+    daemonset = waiter.existing_daemonset()
+    if daemonset is None:
+        if module.check_mode:
+            module.exit_json(changed=False, msg=f"{waiter.target} does not exist (check mode: nothing was applied)")
+        raise RolloutError(f"{waiter.target} not found; apply the instance first (stackrox.prefetch.apply)")
+    try:
+        state = waiter.wait(daemonset)
+    except RolloutError as error:
+        if params["collect_metrics"] and error.result:
+            add_metrics(module, waiter, error.result)
+        raise
+    assert state.daemonset is not None  # wait() returns only with a DaemonSet
+    result: dict[str, t.Any] = build_report(state.daemonset, list(state.pods.values()))
+    if params["collect_metrics"]:
+        add_metrics(module, waiter, result)
+    for report in result["nodes"]:
+        if report["status"] == "unknown":
+            module.warn(f"node {report['node']}: {report['message']}")
+    if params["fail_on_pull_error"] and result["totals"]["nodes_failed"]:
+        module.fail_json(msg=pull_failure_message(result["nodes"]), changed=False, **result)
+    module.exit_json(changed=False, **result)
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    if not HAS_KUBERNETES:
+        module.fail_json(msg=missing_required_lib("kubernetes"), exception=KUBERNETES_IMPORT_ERROR)
+    try:
+        run(module)
+    except RolloutError as error:
+        module.fail_json(msg=str(error), changed=False, **error.result)
+    except PrefetchError as error:
+        module.fail_json(msg=str(error), changed=False)
+    except Exception as error:  # a bug: one line for the user, the traceback only with -vvv
+        module.fail_json(
+            msg=f"unexpected error: {type(error).__name__}: {error}", exception=traceback.format_exc(), changed=False
+        )
+
+
+if __name__ == "__main__":
+    main()
