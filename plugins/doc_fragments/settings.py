@@ -62,7 +62,7 @@ options:
       - Images to prefetch on every node.
       - Each entry is trimmed like a line of O(images_file); an entry that would be empty, a comment or several lines
         in the image-list file is an error.
-      - Combined with O(images_file): the file's images come first, then these.
+      - Combined with O(images_file), the file's images come first, then these.
     type: list
     elements: str
   images_file:
@@ -133,17 +133,17 @@ options:
       prefetch:
         description:
           - The init container that pulls.
-          - Default C({requests: {cpu: 20m, memory: 16Mi}, limits: {cpu: "1", memory: 256Mi}}), as the Go tool.
+          - "Default C({requests: {cpu: 20m, memory: 16Mi}, limits: {cpu: 1, memory: 256Mi}}), as the Go tool."
         type: dict
       sleep:
         description:
           - The container that keeps the pod running after the pulls.
-          - Default C({requests: {cpu: 5m, memory: 16Mi}, limits: {cpu: 100m, memory: 64Mi}}), as the Go tool.
+          - "Default C({requests: {cpu: 5m, memory: 16Mi}, limits: {cpu: 100m, memory: 64Mi}}), as the Go tool."
         type: dict
       aggregator:
         description:
           - The metrics aggregator (O(collect_metrics=true)).
-          - Default C({requests: {cpu: 5m, memory: 16Mi}, limits: {cpu: 100m, memory: 64Mi}}), as the Go tool.
+          - "Default C({requests: {cpu: 5m, memory: 16Mi}, limits: {cpu: 100m, memory: 64Mi}}), as the Go tool."
         type: dict
   pull_policy:
     description:

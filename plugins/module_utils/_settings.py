@@ -88,7 +88,8 @@ SETTINGS_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
     "images": {"type": "list", "elements": "str"},
     "images_file": {"type": "path"},
     "allow_empty": {"type": "bool", "default": False},
-    "secret": {"type": "str"},
+    # The name of a Secret, not secret data: nothing to hide from logs.
+    "secret": {"type": "str", "no_log": False},
     "collect_metrics": {"type": "bool", "default": False},
     "metrics_service_type": {"type": "str", "default": "ClusterIP", "choices": ["ClusterIP", "LoadBalancer"]},
     "credential_provider": {"type": "str", "choices": ["GKE"]},

@@ -23,7 +23,7 @@ description:
     otherwise, per-instance SCC Role/RoleBinding names, hardened security contexts and a C(RollingUpdate) strategy
     with O(max_unavailable).
 author:
-  - stackrox.prefetch contributors
+  - stackrox.prefetch contributors (@stackrox)
 requirements:
   - PyYAML (comes with ansible-core) on the host the module runs on.
 extends_documentation_fragment:
