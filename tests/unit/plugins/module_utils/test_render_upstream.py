@@ -20,7 +20,7 @@ COMMON_LABEL_KEYS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "ap
 UPSTREAM_IMAGE = {"image": "quay.io/stackrox-io/image-prefetcher", "version": "v0.3.0"}
 # Upstream renders with each flag combination, and the settings giving the same meaning here. Upstream always makes
 # the metrics Service a LoadBalancer; ours must be asked to (that default is itself a documented difference).
-CASES = {
+CASES: dict[str, dict[str, t.Any]] = {
     "vanilla.yaml": {},
     "vanilla-gke.yaml": {"credential_provider": "GKE"},
     "ocp-secret-metrics.yaml": {

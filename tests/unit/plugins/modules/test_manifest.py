@@ -1,0 +1,198 @@
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The manifest module's main(): results, dest writing, idempotence, check mode, diff mode, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import typing as t
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import yaml
+from ansible.module_utils import basic
+from ansible.module_utils.common.text.converters import to_bytes
+from ansible_collections.stackrox.prefetch.plugins.modules import manifest
+
+IMAGES = ["registry.test:5000/team/app:v1", "registry.test:5000/team/db:v2"]
+
+
+class AnsibleExitJson(Exception):
+    pass
+
+
+class AnsibleFailJson(Exception):
+    pass
+
+
+def _exit_json(self: basic.AnsibleModule, **kwargs: t.Any) -> None:
+    kwargs.setdefault("changed", False)
+    raise AnsibleExitJson(kwargs)
+
+
+def _fail_json(self: basic.AnsibleModule, **kwargs: t.Any) -> None:
+    kwargs["failed"] = True
+    raise AnsibleFailJson(kwargs)
+
+
+@contextlib.contextmanager
+def module_args(args: dict[str, t.Any]) -> t.Iterator[None]:
+    """ansible-core >= 2.19 has patch_module_args; older ones read basic._ANSIBLE_ARGS."""
+    try:
+        from ansible.module_utils.testing import patch_module_args
+    except ImportError:
+        payload = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+        with mock.patch.object(basic, "_ANSIBLE_ARGS", payload):
+            yield
+        return
+    with patch_module_args(args):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def patched_module() -> t.Iterator[None]:
+    with mock.patch.multiple(basic.AnsibleModule, exit_json=_exit_json, fail_json=_fail_json):
+        yield
+
+
+def run(args: dict[str, t.Any]) -> dict[str, t.Any]:
+    with module_args(args), pytest.raises(AnsibleExitJson) as caught:
+        manifest.main()
+    return t.cast("dict[str, t.Any]", caught.value.args[0])
+
+
+def fail(args: dict[str, t.Any]) -> dict[str, t.Any]:
+    with module_args(args), pytest.raises(AnsibleFailJson) as caught:
+        manifest.main()
+    return t.cast("dict[str, t.Any]", caught.value.args[0])
+
+
+def base_args(**extra: t.Any) -> dict[str, t.Any]:
+    return {"name": "my-images", "images": list(IMAGES), **extra}
+
+
+def test_render_without_dest_changes_nothing() -> None:
+    result = run(base_args())
+    assert result["changed"] is False
+    assert [obj["kind"] for obj in result["objects"]] == [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "DaemonSet",
+    ]
+    assert list(yaml.safe_load_all(result["yaml"])) == result["objects"]
+    daemon_set = result["objects"][-1]
+    assert (
+        daemon_set["spec"]["template"]["metadata"]["annotations"]["prefetch.stackrox.io/config-hash"]
+        == (result["checksum"])
+    )
+    assert "dest" not in result and "diff" not in result
+
+
+def test_dest_is_written_then_idempotent(tmp_path: Path) -> None:
+    dest = tmp_path / "prefetch.yaml"
+    first = run(base_args(dest=str(dest)))
+    assert first["changed"] is True
+    assert first["dest"] == str(dest)
+    assert dest.read_text(encoding="utf-8") == first["yaml"]
+    second = run(base_args(dest=str(dest)))
+    assert second["changed"] is False
+    assert dest.read_text(encoding="utf-8") == first["yaml"]
+
+
+def test_changed_settings_rewrite_dest(tmp_path: Path) -> None:
+    dest = tmp_path / "prefetch.yaml"
+    first = run(base_args(dest=str(dest)))
+    second = run(base_args(dest=str(dest), images=[*IMAGES, "registry.test:5000/team/new:v3"]))
+    assert second["changed"] is True
+    assert second["checksum"] != first["checksum"]
+    assert "registry.test:5000/team/new:v3" in dest.read_text(encoding="utf-8")
+
+
+def test_check_mode_reports_but_does_not_write(tmp_path: Path) -> None:
+    dest = tmp_path / "prefetch.yaml"
+    result = run(base_args(dest=str(dest), _ansible_check_mode=True))
+    assert result["changed"] is True
+    assert not dest.exists()
+    dest.write_text("old\n", encoding="utf-8")
+    assert run(base_args(dest=str(dest), _ansible_check_mode=True))["changed"] is True
+    assert dest.read_text(encoding="utf-8") == "old\n"
+
+
+def test_check_mode_on_an_up_to_date_file_is_unchanged(tmp_path: Path) -> None:
+    dest = tmp_path / "prefetch.yaml"
+    run(base_args(dest=str(dest)))
+    assert run(base_args(dest=str(dest), _ansible_check_mode=True))["changed"] is False
+
+
+def test_diff_shows_old_and_new_content(tmp_path: Path) -> None:
+    dest = tmp_path / "prefetch.yaml"
+    dest.write_text("old: content\n", encoding="utf-8")
+    result = run(base_args(dest=str(dest), _ansible_diff=True, _ansible_check_mode=True))
+    assert result["diff"] == {
+        "before": "old: content\n",
+        "after": result["yaml"],
+        "before_header": str(dest),
+        "after_header": str(dest),
+    }
+
+
+def test_diff_of_a_new_file(tmp_path: Path) -> None:
+    dest = tmp_path / "new.yaml"
+    result = run(base_args(dest=str(dest), _ansible_diff=True))
+    assert result["diff"]["before"] == ""
+    assert result["diff"]["before_header"] == f"{dest} (absent)"
+    assert result["diff"]["after"] == dest.read_text(encoding="utf-8")
+
+
+def test_images_file_then_images(tmp_path: Path) -> None:
+    images_file = tmp_path / "images.txt"
+    images_file.write_text("# from the file\nregistry.test:5000/a:1\n\n", encoding="utf-8")
+    result = run({"name": "my-images", "images_file": str(images_file), "images": ["registry.test:5000/b:2"]})
+    config_map = result["objects"][3]
+    assert config_map["data"]["images.txt"] == "registry.test:5000/a:1\nregistry.test:5000/b:2\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            {"name": "Bad_Name", "images": IMAGES},
+            "prefetch instance 'Bad_Name': name 'Bad_Name' must be a DNS-1123 label",
+        ),
+        ({"name": "my-images"}, "prefetch instance 'my-images': no images to prefetch"),
+        (
+            {"name": "my-images", "images": IMAGES, "overall_timeout": "1d"},
+            'prefetch instance \'my-images\': overall_timeout: time: unknown unit "d" in duration "1d"',
+        ),
+    ],
+)
+def test_validation_errors_fail_naming_the_instance(args: dict[str, t.Any], message: str) -> None:
+    result = fail(args)
+    assert result["msg"].startswith(message)
+    assert "\n" not in result["msg"]
+
+
+def test_unreadable_images_file_fails(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.txt"
+    result = fail({"name": "my-images", "images_file": str(missing)})
+    assert result["msg"] == (
+        f"prefetch instance 'my-images': images_file {str(missing)!r} cannot be read: No such file or directory"
+    )
+
+
+def test_ansible_rejects_unknown_choices() -> None:
+    assert "flavor" in fail(base_args(flavor="eks"))["msg"]
+
+
+def test_dest_in_a_missing_directory_fails(tmp_path: Path) -> None:
+    dest = tmp_path / "no" / "such" / "dir.yaml"
+    result = fail(base_args(dest=str(dest)))
+    assert result["msg"] == f"dest {str(dest)!r}: the directory {str(dest.parent)!r} does not exist"
+
+
+def test_dest_that_is_a_directory_fails(tmp_path: Path) -> None:
+    result = fail(base_args(dest=str(tmp_path)))
+    assert result["msg"] == f"dest {str(tmp_path)!r} is a directory, not a file"
