@@ -152,7 +152,7 @@ def prefetch_terminated(pod: dict[str, Any]) -> Optional[dict[str, Any]]:
     if state.get("terminated"):
         return dict(state["terminated"])
     last = (status.get("lastState") or {}).get("terminated")
-    if last and not state.get("running") and not state.get("waiting"):
+    if last and state.get("running") is None and state.get("waiting") is None:
         return dict(last)
     return None
 
@@ -271,10 +271,10 @@ def node_report(node: str, pod: Optional[dict[str, Any]]) -> dict[str, Any]:
         return _report_from_terminated(node, pod, terminated)
     status = prefetch_status(pod)
     state = (status or {}).get("state") or {}
-    if state.get("running"):
+    if state.get("running") is not None:
         started = state["running"].get("startedAt")
         return _empty_report(node, pod, "pulling", f"pulling since {started}" if started else "pulling")
-    if state.get("waiting"):
+    if state.get("waiting") is not None:
         return _empty_report(node, pod, "pending", _waiting_message(status or {}))
     phase = _status(pod).get("phase") or "Pending"
     if phase == "Pending":

@@ -12,7 +12,7 @@ version_added: 0.1.0
 description:
   - Applies the objects rendered by M(stackrox.prefetch.manifest) with server-side apply (field manager
     C(stackrox.prefetch)), or removes every object of an instance.
-  - Everything is validated before the first write: the shape of every object, that the server serves every kind,
+  - Everything is validated before the first write, namely the shape of every object, that the server serves every kind,
     that the namespace exists (or O(create_namespace)), that its Pod Security level admits the prefetch pods (they
     mount the CRI socket through a hostPath volume, which the C(baseline) and C(restricted) levels reject), that the
     pull secret the DaemonSet uses exists and has type C(kubernetes.io/dockerconfigjson), and a server-side dry-run
