@@ -156,8 +156,8 @@ def is_dns1123_subdomain(value: str) -> bool:
 
 
 def is_label_key(value: str) -> bool:
-    prefix, _, name = value.rpartition("/")
-    if "/" in value and not is_dns1123_subdomain(prefix):
+    prefix, slash, name = value.rpartition("/")
+    if slash and not is_dns1123_subdomain(prefix):
         return False
     return len(name) <= 63 and _LABEL_NAME.fullmatch(name) is not None
 

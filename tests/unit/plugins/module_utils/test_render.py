@@ -1,9 +1,11 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The render: golden files per flavor and option, and each deliberate difference from the Go generator.
 
-Golden files live in fixtures/golden/<case>.yaml. After an intended change of the render, rewrite them with
-``PREFETCH_REGENERATE_GOLDEN=1 pytest tests/unit/plugins/module_utils/test_render.py``, review the diff by eye,
-and commit it; without the variable the test only compares.
+Golden files live in fixtures/golden/<case>.yaml.txt (not .yaml: yamllint
+sanity rejects multi-document files). After an intended change of the render, rewrite them with
+``PREFETCH_REGENERATE_GOLDEN=1 pytest tests/unit/plugins/module_utils/test_render.py`` run in a built
+``ansible_collections/stackrox/prefetch`` tree, copy the files back, review the diff by eye and commit it;
+without the variable the test only compares.
 """
 
 from __future__ import annotations
@@ -95,14 +97,14 @@ def prefetch(objects: list[dict[str, t.Any]]) -> dict[str, t.Any]:
 @pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
 def test_golden_render(case: str) -> None:
     text = to_yaml(rendered(**GOLDEN_CASES[case]))
-    path = GOLDEN_DIR / f"{case}.yaml"
+    path = GOLDEN_DIR / f"{case}.yaml.txt"
     if os.environ.get("PREFETCH_REGENERATE_GOLDEN") == "1":
         path.write_text(text, encoding="utf-8")
     assert path.read_text(encoding="utf-8") == text
 
 
 def test_every_golden_file_has_a_case() -> None:
-    assert {path.stem for path in GOLDEN_DIR.glob("*.yaml")} == set(GOLDEN_CASES)
+    assert {path.name[: -len(".yaml.txt")] for path in GOLDEN_DIR.glob("*.yaml.txt")} == set(GOLDEN_CASES)
 
 
 def test_yaml_round_trips_to_the_objects() -> None:

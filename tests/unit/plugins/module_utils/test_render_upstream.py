@@ -21,9 +21,9 @@ UPSTREAM_IMAGE = {"image": "quay.io/stackrox-io/image-prefetcher", "version": "v
 # Upstream renders with each flag combination, and the settings giving the same meaning here. Upstream always makes
 # the metrics Service a LoadBalancer; ours must be asked to (that default is itself a documented difference).
 CASES: dict[str, dict[str, t.Any]] = {
-    "vanilla.yaml": {},
-    "vanilla-gke.yaml": {"credential_provider": "GKE"},
-    "ocp-secret-metrics.yaml": {
+    "vanilla.yaml.txt": {},
+    "vanilla-gke.yaml.txt": {"credential_provider": "GKE"},
+    "ocp-secret-metrics.yaml.txt": {
         "flavor": "ocp",
         "secret": "my-secret",
         "collect_metrics": True,
@@ -142,7 +142,7 @@ def test_same_meaning_as_upstream(filename: str) -> None:
 def test_comparison_catches_an_undocumented_difference() -> None:
     # The comparison itself must be able to fail: change one arg and it has to notice.
     ours_objects = strip_ours(ours({}))
-    upstream_objects = map_upstream(load_upstream("vanilla.yaml"))
+    upstream_objects = map_upstream(load_upstream("vanilla.yaml.txt"))
     set_security_contexts_aside(ours_objects, upstream_objects)
     ours_objects[-1]["spec"]["template"]["spec"]["initContainers"][0]["args"].append("--debug")
     assert ours_objects != upstream_objects
@@ -150,8 +150,8 @@ def test_comparison_catches_an_undocumented_difference() -> None:
 
 def test_upstream_fixtures_are_the_three_renders() -> None:
     kinds = {name: [obj["kind"] for obj in load_upstream(name)] for name in CASES}
-    assert kinds["vanilla.yaml"] == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"]
-    assert kinds["ocp-secret-metrics.yaml"] == [
+    assert kinds["vanilla.yaml.txt"] == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"]
+    assert kinds["ocp-secret-metrics.yaml.txt"] == [
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
