@@ -12,6 +12,7 @@ import filecmp
 import fnmatch
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import yaml
 # ansible-galaxy's built-in ignores (ansible/galaxy/collection/__init__.py, _build_files_manifest_walk).
 GALAXY_IGNORES = ["MANIFEST.json", "FILES.json", "galaxy.yaml", ".git", "*.pyc", "*.retry", "tests/output"]
 GALAXY_IGNORE_DIRS = frozenset({"CVS", ".bzr", ".hg", ".git", ".svn", "__pycache__", ".tox"})
-KEEP_IN_DEST = "tests/output"
+# Kept in the destination: ansible-test's results, and the tree's own empty git repository (see init_git).
+KEEP_IN_DEST = frozenset({"tests/output", ".git"})
 
 
 def collection_files(src: Path) -> list[str]:
@@ -60,15 +62,31 @@ def sync(src: Path, dest: Path, files: list[str]) -> tuple[int, int]:
     for root, dirs, names in os.walk(dest, topdown=True):
         rel_root = os.path.relpath(root, dest)
         rel_root = "" if rel_root == "." else rel_root + "/"
-        dirs[:] = [d for d in dirs if rel_root + d != KEEP_IN_DEST]
+        dirs[:] = [d for d in dirs if rel_root + d not in KEEP_IN_DEST]
         for name in names:
             if rel_root + name not in wanted:
                 os.unlink(os.path.join(root, name))
                 removed += 1
     for root, _dirs, _names in os.walk(dest, topdown=False):
+        rel_root = os.path.relpath(root, dest)
+        if any(rel_root == keep or rel_root.startswith(keep + "/") for keep in KEEP_IN_DEST):
+            continue
         if root != str(dest) and not os.listdir(root):
             os.rmdir(root)
     return copied, removed
+
+
+def init_git(dest: Path) -> None:
+    """Give the tree its own (empty) git repository.
+
+    ansible-test lists content with `git ls-files --cached --others --exclude-standard` from the nearest .git up
+    the path; without one here it would find the project's repository, where build/ is ignored, and see no files.
+    """
+    if (dest / ".git").exists():
+        return
+    subprocess.run(["git", "init", "-q", str(dest)], check=True)
+    (dest / ".git" / "info").mkdir(exist_ok=True)
+    (dest / ".git" / "info" / "exclude").write_text("/tests/output/\n", encoding="utf-8")
 
 
 def main(argv: list[str]) -> int:
@@ -81,6 +99,7 @@ def main(argv: list[str]) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     files = collection_files(src)
     copied, removed = sync(src, dest, files)
+    init_git(dest)
     print(f"build-tree: {dest}: {len(files)} files, {copied} copied, {removed} removed", file=sys.stderr)
     print(dest)
     return 0

@@ -62,7 +62,8 @@ def test_secrets_are_not_logged() -> None:
 def test_tasks_only_use_documented_variables() -> None:
     used: set[str] = set()
     for path in [*sorted((ROLE / "tasks").glob("*.yml")), *sorted((ROLE / "templates").glob("*.j2"))]:
-        used |= set(re.findall(r"\bimages_[a-z0-9_]+\b", path.read_text(encoding="utf-8")))
+        # Attribute accesses (totals.images_ok) are keys of a result, not variables.
+        used |= set(re.findall(r"(?<![.\w])images_[a-z0-9_]+\b", path.read_text(encoding="utf-8")))
     undocumented = used - set(options()) - INTERNAL_VARS
     assert undocumented == set()
 
@@ -113,6 +114,17 @@ NODE_FAILED = {
 }
 
 
+TOTALS_OK = {
+    "nodes": 1,
+    "nodes_succeeded": 1,
+    "nodes_failed": 0,
+    "images_ok": 3,
+    "images_failed": 0,
+    "images_skipped": 1,
+    "bytes": 3 << 20,
+}
+
+
 def result(**overrides: t.Any) -> dict[str, t.Any]:
     base: dict[str, t.Any] = {
         "cluster": "prod-east",
@@ -123,7 +135,7 @@ def result(**overrides: t.Any) -> dict[str, t.Any]:
         "failed": False,
         "msg": "",
         "nodes": [NODE_OK],
-        "totals": {"nodes": 1, "ok": 3, "failed": 0, "skipped": 1, "bytes": 3 << 20},
+        "totals": TOTALS_OK,
         "daemonset": {},
         "metrics": None,
     }
@@ -133,7 +145,9 @@ def result(**overrides: t.Any) -> dict[str, t.Any]:
 
 def test_report_lists_every_node_and_totals() -> None:
     lines = render_report(result())
-    assert lines[0].startswith("prod-east: prefetch/img succeeded: 1 nodes, images ok=3 failed=0 skipped=1")
+    assert lines[0].startswith(
+        "prod-east: prefetch/img succeeded: 1 nodes (1 succeeded, 0 failed), images ok=3 failed=0 skipped=1"
+    )
     assert "3.00 MB" in lines[0]
     assert len(lines) == 2
     assert re.match(r"sim-node-1 +succeeded +ok=3 +failed=0 +skipped=1 +attempts=3 +1.5s$", lines[1])
@@ -144,20 +158,28 @@ def test_report_names_node_image_and_reason_of_each_failure() -> None:
         result(
             failed=True,
             nodes=[NODE_OK, NODE_FAILED],
-            totals={"nodes": 2, "ok": 5, "failed": 1, "skipped": 1, "bytes": 5 << 20},
+            totals={
+                "nodes": 2,
+                "nodes_succeeded": 1,
+                "nodes_failed": 1,
+                "images_ok": 5,
+                "images_failed": 1,
+                "images_skipped": 1,
+                "bytes": 5 << 20,
+            },
         )
     )
-    assert "FAILED" in lines[0]
+    assert lines[0].startswith("prod-east: prefetch/img FAILED: 2 nodes (1 succeeded, 1 failed), images ok=5 failed=1")
     assert lines[3] == "  sim-node-2: registry.test:5000/missing:v1: not_found: manifest unknown"
     assert len(lines) == 4
 
 
-def test_report_accepts_a_list_of_errors_and_shows_messages() -> None:
+def test_report_shows_why_a_node_is_not_done() -> None:
     node = dict(
         NODE_FAILED,
         status="pending",
         message="ImagePullBackOff of the agent image",
-        errors=[{"image": "a:1", "reason": "timeout: deadline"}],
+        errors={"a:1": "timeout: deadline"},
     )
     lines = render_report(result(failed=True, nodes=[node], totals={}))
     assert lines[0] == "prod-east: prefetch/img FAILED"
