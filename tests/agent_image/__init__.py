@@ -1,0 +1,1 @@
+"""Build and test the agent image (issue: the agent image)."""
