@@ -168,7 +168,10 @@ def _override(settings: Mapping[str, Any], configuration: Any) -> None:
         if attribute in _LOADER_ONLY or value is None:
             continue
         if attribute == "api_key":
-            configuration.api_key = {"authorization": "Bearer " + value}
+            # Older clients read "authorization", newer ones "BearerToken" first: set both so the option wins.
+            configuration.api_key = {"authorization": "Bearer " + value, "BearerToken": "Bearer " + value}
+            # The kubeconfig loader installs a hook that rewrites api_key from the kubeconfig before each request.
+            configuration.refresh_api_key_hook = None
         elif attribute == "proxy_headers":
             configuration.proxy_headers = urllib3.util.make_headers(**value)
         else:
