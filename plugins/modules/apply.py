@@ -164,6 +164,7 @@ import traceback
 import typing as t
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
 from ansible_collections.stackrox.prefetch.plugins.module_utils._apply import (
     Applier,
     Instance,

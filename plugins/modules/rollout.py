@@ -211,6 +211,7 @@ import traceback
 import typing as t
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
 from ansible_collections.stackrox.prefetch.plugins.module_utils._auth import (
     AUTH_ARG_SPEC,
     HAS_KUBERNETES,

@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 import urllib3
+from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.rest import ApiException
+
 from ansible_collections.stackrox.prefetch.plugins.module_utils import _cluster
 from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import (
     Cluster,
@@ -27,8 +30,6 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
     NotFoundError,
     UnauthorizedError,
 )
-from kubernetes.client import ApiClient, Configuration
-from kubernetes.client.rest import ApiException
 
 HOST = "https://127.0.0.1:6443"
 DAEMONSETS = ResourceInfo("apps/v1", "DaemonSet", "daemonsets", True)

@@ -4,40 +4,65 @@
 from __future__ import annotations
 
 import pytest
+
 from ansible_collections.stackrox.prefetch.plugins.module_utils._nodelabels import (
     node_label_key,
     sanitize_instance_name,
 )
 
-# (instance name, sanitised), copied from TESTCASES.jsonl section "label" (rows of origin U and X).
+# (instance name, sanitised), copied verbatim from TESTCASES.jsonl section "label" (rows of origin U and X).
 TESTCASES_SECTION_6 = [
-    ('my-images', 'my-images'),
-    ('my_images', 'my_images'),
-    ('my.images', 'my.images'),
-    ('my images', 'my-images'),
-    ('-my-images', 'my-images'),
-    ('my-images-', 'my-images'),
-    ('this-is-a-very-long-instance-name-that-exceeds-sixty-three-characters-and-should-be-truncated', 'this-is-a-very-long-instance-name-that-exceeds-sixty-three-char'),
-    ('my@images!', 'my-images'),
-    ('', 'prefetcher'),
-    ('!!!', 'prefetcher'),
-    ('my images!', 'my-images'),
-    ('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'),
-    ('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'),
-    ('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-b', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'),
-    ('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'),
-    ('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'),
-    ('__init__', 'init'),
-    ('..a..', 'a'),
-    ('a//b', 'a-b'),
-    ('ümlaut', 'mlaut'),
-    ('日本', 'prefetcher'),
-    ('a  b   c', 'a-b-c'),
-    ('xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx!', 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'),
-    ('My.Images_1', 'My.Images_1'),
-    ('-_.', 'prefetcher'),
-    ('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!!b', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-b'),
-    ('a\tb\nc', 'a-b-c'),
+    ("my-images", "my-images"),
+    ("my_images", "my_images"),
+    ("my.images", "my.images"),
+    ("my images", "my-images"),
+    ("-my-images", "my-images"),
+    ("my-images-", "my-images"),
+    (
+        "this-is-a-very-long-instance-name-that-exceeds-sixty-three-characters-and-should-be-truncated",
+        "this-is-a-very-long-instance-name-that-exceeds-sixty-three-char",
+    ),
+    ("my@images!", "my-images"),
+    ("", "prefetcher"),
+    ("!!!", "prefetcher"),
+    ("my images!", "my-images"),
+    (
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ),
+    (
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ),
+    (
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-b",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ),
+    (
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ),
+    (
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-x",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ),
+    ("__init__", "init"),
+    ("..a..", "a"),
+    ("a//b", "a-b"),
+    ("ümlaut", "mlaut"),
+    ("日本", "prefetcher"),
+    ("a  b   c", "a-b-c"),
+    (
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx!",
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    ),
+    ("My.Images_1", "My.Images_1"),
+    ("-_.", "prefetcher"),
+    (
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!!b",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-b",
+    ),
+    ("a\tb\nc", "a-b-c"),
 ]
 
 

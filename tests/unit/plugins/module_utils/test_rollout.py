@@ -8,6 +8,7 @@ import threading
 from typing import Any, Optional
 
 import pytest
+
 from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import ResourceInfo, WatchExpiredError
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import RolloutError
 from ansible_collections.stackrox.prefetch.plugins.module_utils._rollout import (
