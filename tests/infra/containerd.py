@@ -39,7 +39,14 @@ def overlay_supported(scratch: Path) -> bool:
 
 
 def hosts_toml(upstream: str) -> str:
-    """hosts.toml that sends pulls for a made-up registry name to plain HTTP on ``upstream`` (loopback)."""
+    """hosts.toml that sends pulls for a made-up registry name to plain HTTP on ``upstream`` (loopback).
+
+    Observed with containerd 1.6.20: ``server`` alone is ignored (pulls go to https://<name>), and a ``[host]`` entry
+    alone makes a 404 fall through to https://<name> ("no such host" instead of NOT_FOUND). With both, each request
+    that gets an HTTP error status (404, 500, 401...) is tried twice on the same URL inside one PullImage: a
+    ``status`` fault meant to fail one attempt needs ``times=2``. Connection-level faults (stalls, resets) are not
+    tried twice.
+    """
     url = f"http://{upstream}"
     return f'server = "{url}"\n\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
 

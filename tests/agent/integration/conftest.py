@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+
 from infra.agentrun import TEST_REGISTRY_NAME as REGISTRY_NAME
 from infra.agentrun import AgentProcess, AgentRun
 from infra.containerd import ContainerdNode

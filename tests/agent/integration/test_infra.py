@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from infra.containerd import ContainerdNode
 from infra.faultproxy import FaultProxy, ProxyClient, Rule
 from infra.images import TestImage, build_test_image, push_test_image
