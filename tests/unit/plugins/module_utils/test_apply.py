@@ -1,0 +1,583 @@
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""apply: object validation, instance resolution, Pod Security and secret checks, planning/diffing, and the
+Applier's order of calls against an in-memory fake of the API server (which records every write)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Optional
+
+import pytest
+
+from ansible_collections.stackrox.prefetch.plugins.module_utils._apply import (
+    PSA_ENFORCE,
+    REDACTED,
+    Applier,
+    Instance,
+    apply_order,
+    check_pod_security,
+    check_secret_type,
+    comparable,
+    instance_selector,
+    namespace_manifest,
+    needs_privileged_pods,
+    object_diff,
+    place_object,
+    plan_action,
+    redact,
+    referenced_secrets,
+    resolve_instance,
+    validate_object_shapes,
+)
+from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import ResourceInfo
+from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
+    ConflictError,
+    MissingSecretError,
+    NotFoundError,
+    ValidationError,
+)
+
+LABELS = {
+    "app.kubernetes.io/name": "image-prefetcher",
+    "app.kubernetes.io/instance": "imgs",
+    "app.kubernetes.io/managed-by": "stackrox.prefetch",
+}
+
+
+def meta(name: str, namespace: Optional[str] = "prefetch", labels: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "labels": dict(LABELS if labels is None else labels)}
+    if namespace:
+        metadata["namespace"] = namespace
+    return metadata
+
+
+def daemonset(secret: Optional[str] = None, host_path: bool = True) -> dict[str, Any]:
+    volumes: list[dict[str, Any]] = [{"name": "list", "configMap": {"name": "imgs"}}]
+    if host_path:
+        volumes.append({"name": "cri", "hostPath": {"path": "/var/run/containerd"}})
+    if secret:
+        volumes.append({"name": "pull-secret", "secret": {"secretName": secret}})
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": meta("imgs"),
+        "spec": {
+            "selector": {"matchLabels": {"app": "imgs"}},
+            "template": {
+                "metadata": {"labels": {"app": "imgs"}},
+                "spec": {
+                    "initContainers": [{"name": "prefetch", "image": "agent:v1"}],
+                    "containers": [{"name": "sleep", "image": "agent:v1"}],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def rendered(secret: Optional[str] = None, images: str = "r/a:v1\n") -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": "apps/v1", "kind": "DaemonSet", **{k: v for k, v in daemonset(secret).items() if k != "kind"}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("imgs"), "data": {"images.txt": images}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": meta("imgs-node-labeler", None),
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch", "update"]}],
+        },
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta("imgs")},
+    ]
+
+
+# --- validation and identity ---------------------------------------------------------------------------------------
+
+
+class TestValidateShapes:
+    @pytest.mark.parametrize(
+        ("obj", "message"),
+        [
+            ("text", "objects[0]: every object must be a mapping, got str"),
+            ({"kind": "ConfigMap", "metadata": {"name": "x"}}, "objects[0] (ConfigMap x): apiVersion must be"),
+            ({"apiVersion": "v1", "metadata": {"name": "x"}}, "objects[0] (? x): kind must be"),
+            ({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}, "objects[0] (ConfigMap ?): metadata.name must"),
+            (
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "labels": []}},
+                "objects[0] (ConfigMap x): metadata.labels must be a mapping",
+            ),
+        ],
+    )
+    def test_bad_shapes(self, obj: Any, message: str) -> None:
+        with pytest.raises(ValidationError) as raised:
+            validate_object_shapes([obj])
+        assert str(raised.value).startswith(message)
+
+    def test_rendered_objects_pass(self) -> None:
+        validate_object_shapes(rendered())
+
+
+class TestResolveInstance:
+    def test_derived_from_labels_and_namespaces(self) -> None:
+        assert resolve_instance(rendered(), None, None) == Instance("imgs", "prefetch")
+
+    def test_given_values_must_match(self) -> None:
+        with pytest.raises(
+            ValidationError, match="instance name 'other' does not match the objects' instance name 'imgs'"
+        ):
+            resolve_instance(rendered(), "other", None)
+        with pytest.raises(ValidationError, match="namespace 'x' does not match the objects' namespace 'prefetch'"):
+            resolve_instance(rendered(), None, "x")
+
+    def test_objects_of_two_instances(self) -> None:
+        objects = rendered()
+        objects[1]["metadata"]["labels"]["app.kubernetes.io/instance"] = "other"
+        with pytest.raises(ValidationError, match="more than one instance name: imgs, other"):
+            resolve_instance(objects, None, None)
+
+    def test_objects_without_instance_labels_are_refused(self) -> None:
+        objects = rendered()
+        del objects[3]["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+        with pytest.raises(
+            ValidationError, match=r"objects\[3\] \(ServiceAccount imgs\): label app.kubernetes.io/managed-by"
+        ):
+            resolve_instance(objects, None, None)
+
+    def test_namespace_needed_when_no_object_names_one(self) -> None:
+        objects = [obj for obj in rendered() if obj["kind"] == "ClusterRole"]
+        with pytest.raises(ValidationError, match="namespace is required"):
+            resolve_instance(objects, None, None)
+        assert resolve_instance(objects, None, "p") == Instance("imgs", "p")
+
+
+def test_selector_has_the_three_design_labels() -> None:
+    assert instance_selector("imgs") == (
+        "app.kubernetes.io/name=image-prefetcher,app.kubernetes.io/instance=imgs,"
+        "app.kubernetes.io/managed-by=stackrox.prefetch"
+    )
+
+
+def test_place_object_sets_or_drops_the_namespace() -> None:
+    namespaced = ResourceInfo("v1", "ConfigMap", "configmaps", True)
+    cluster_scoped = ResourceInfo("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False)
+    obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
+    assert place_object(obj, namespaced, "p")["metadata"]["namespace"] == "p"
+    assert "namespace" not in obj["metadata"]  # the input stays untouched
+    assert (
+        "namespace"
+        not in place_object({**obj, "metadata": {"name": "x", "namespace": "p"}}, cluster_scoped, "p")["metadata"]
+    )
+
+
+def test_apply_order_puts_rbac_and_config_before_workloads() -> None:
+    infos = {
+        obj["kind"]: ResourceInfo(obj["apiVersion"], obj["kind"], obj["kind"].lower() + "s", True) for obj in rendered()
+    }
+    ordered = apply_order([(obj, infos[obj["kind"]]) for obj in rendered()])
+    assert [obj["kind"] for obj, _ in ordered] == ["ServiceAccount", "ClusterRole", "ConfigMap", "DaemonSet"]
+
+
+# --- Pod Security, secrets, namespace -------------------------------------------------------------------------------
+
+
+def namespace_obj(level: Optional[str]) -> dict[str, Any]:
+    labels = {PSA_ENFORCE: level} if level else {}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prefetch", "labels": labels}}
+
+
+class TestPodSecurity:
+    @pytest.mark.parametrize("level", ["baseline", "restricted"])
+    def test_levels_that_reject_host_path_fail_naming_namespace_level_and_why(self, level: str) -> None:
+        with pytest.raises(ValidationError) as raised:
+            check_pod_security(namespace_obj(level), rendered())
+        message = str(raised.value)
+        assert message.startswith(f"namespace prefetch enforces Pod Security level {level!r}")
+        assert "hostPath" in message and "privileged" in message
+
+    @pytest.mark.parametrize("level", [None, "privileged"])
+    def test_levels_that_admit_the_pods(self, level: Optional[str]) -> None:
+        check_pod_security(namespace_obj(level), rendered())
+
+    def test_restricted_namespace_is_fine_without_privileged_pods(self) -> None:
+        objects = [daemonset(host_path=False)]
+        assert not needs_privileged_pods(objects)
+        check_pod_security(namespace_obj("restricted"), objects)
+
+    def test_privileged_container_needs_privileged_level(self) -> None:
+        objects = [daemonset(host_path=False)]
+        objects[0]["spec"]["template"]["spec"]["initContainers"][0]["securityContext"] = {"privileged": True}
+        assert needs_privileged_pods(objects)
+
+
+def test_referenced_secrets() -> None:
+    objects = [daemonset(secret="pull")]
+    spec = objects[0]["spec"]["template"]["spec"]
+    spec["imagePullSecrets"] = [{"name": "agent-pull"}, {"name": "pull"}]
+    spec["volumes"].append({"name": "opt", "secret": {"secretName": "maybe", "optional": True}})
+    assert referenced_secrets(objects) == ["pull", "agent-pull"]
+
+
+class TestSecretType:
+    def test_missing(self) -> None:
+        with pytest.raises(MissingSecretError, match="pull secret p/s does not exist"):
+            check_secret_type("s", "p", None, exists=False)
+
+    @pytest.mark.parametrize("secret_type", [None, "Opaque", "kubernetes.io/dockercfg"])
+    def test_wrong_type(self, secret_type: Optional[str]) -> None:
+        with pytest.raises(MissingSecretError, match=r"expected 'kubernetes\.io/dockerconfigjson'"):
+            check_secret_type("s", "p", secret_type, exists=True)
+
+    def test_right_type(self) -> None:
+        check_secret_type("s", "p", "kubernetes.io/dockerconfigjson", exists=True)
+
+
+def test_new_namespace_is_labelled_privileged() -> None:
+    labels = namespace_manifest("p")["metadata"]["labels"]
+    assert {key: labels[key] for key in labels if key.startswith("pod-security")} == {
+        "pod-security.kubernetes.io/enforce": "privileged",
+        "pod-security.kubernetes.io/audit": "privileged",
+        "pod-security.kubernetes.io/warn": "privileged",
+    }
+
+
+# --- planning and diffing ---------------------------------------------------------------------------------------------
+
+
+def with_server_noise(obj: dict[str, Any], version: str = "7") -> dict[str, Any]:
+    noisy = copy.deepcopy(obj)
+    noisy["metadata"].update(
+        resourceVersion=version,
+        uid="u-1",
+        generation=int(version),
+        creationTimestamp="2026-11-24T10:00:00Z",
+        managedFields=[{"manager": "stackrox.prefetch", "time": f"2026-11-24T10:0{version}:00Z"}],
+        annotations={"deprecated.daemonset.template.generation": version},
+    )
+    noisy["status"] = {"numberReady": int(version)}
+    return noisy
+
+
+class TestPlanning:
+    def test_unchanged_when_only_server_noise_differs(self) -> None:
+        live = with_server_noise(daemonset(), "3")
+        after = with_server_noise(daemonset(), "4")
+        assert plan_action(live, after) == "unchanged"
+
+    def test_updated_when_the_spec_changes(self) -> None:
+        changed = daemonset()
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] = "agent:v2"
+        assert plan_action(with_server_noise(daemonset()), with_server_noise(changed)) == "updated"
+
+    def test_updated_when_a_user_annotation_changes(self) -> None:
+        changed = with_server_noise(daemonset())
+        changed["metadata"]["annotations"]["team"] = "x"
+        assert plan_action(with_server_noise(daemonset()), changed) == "updated"
+
+    def test_created_when_nothing_lives(self) -> None:
+        assert plan_action(None, daemonset()) == "created"
+
+    def test_comparable_strips_noise_only(self) -> None:
+        clean = comparable(with_server_noise(daemonset()))
+        assert clean == daemonset()
+
+
+class TestRedaction:
+    def test_secret_values_never_appear(self) -> None:
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "s", "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}"}},
+            "data": {".dockerconfigjson": "c2VjcmV0"},
+            "stringData": {"password": "hunter2"},
+        }
+        diff = object_diff("Secret p/s", secret, secret)
+        text = json.dumps(diff)
+        assert "c2VjcmV0" not in text and "hunter2" not in text and "{...}" not in text
+        assert diff["after"]["data"] == {".dockerconfigjson": REDACTED}
+
+    def test_other_kinds_are_shown(self) -> None:
+        config_map = rendered()[1]
+        assert redact(config_map) is config_map
+
+
+# --- the Applier against an in-memory API server ---------------------------------------------------------------------
+
+SERVED = {
+    ("v1", "Namespace"): ResourceInfo("v1", "Namespace", "namespaces", False),
+    ("v1", "ServiceAccount"): ResourceInfo("v1", "ServiceAccount", "serviceaccounts", True),
+    ("v1", "ConfigMap"): ResourceInfo("v1", "ConfigMap", "configmaps", True),
+    ("v1", "Secret"): ResourceInfo("v1", "Secret", "secrets", True),
+    ("v1", "Service"): ResourceInfo("v1", "Service", "services", True),
+    ("v1", "Pod"): ResourceInfo("v1", "Pod", "pods", True),
+    ("v1", "Node"): ResourceInfo("v1", "Node", "nodes", False),
+    ("apps/v1", "DaemonSet"): ResourceInfo("apps/v1", "DaemonSet", "daemonsets", True),
+    ("apps/v1", "Deployment"): ResourceInfo("apps/v1", "Deployment", "deployments", True),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): ResourceInfo(
+        "rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False
+    ),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ResourceInfo(
+        "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", False
+    ),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ResourceInfo(
+        "rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", True
+    ),
+}
+
+
+class FakeApiServer:
+    """Objects by (kind, namespace, name); apply merges like SSA would for our own manager and adds server noise."""
+
+    def __init__(self) -> None:
+        self.store: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.writes: list[tuple[str, str, str]] = []
+        self.dry_runs: list[tuple[str, str]] = []
+        self.version = 1
+        self.conflict_on: Optional[str] = None
+
+    def put(self, obj: dict[str, Any]) -> None:
+        metadata = obj["metadata"]
+        self.store[(obj["kind"], metadata.get("namespace") or "", metadata["name"])] = with_server_noise(obj, "1")
+
+    def resource_for(self, api_version: str, kind: str) -> ResourceInfo:
+        if (api_version, kind) not in SERVED:
+            raise NotFoundError(f"the API server does not serve kind {kind} in apiVersion {api_version}")
+        return SERVED[(api_version, kind)]
+
+    def get(self, info: ResourceInfo, name: str, namespace: Optional[str] = None) -> Optional[dict[str, Any]]:
+        found = self.store.get((info.kind, namespace or "", name))
+        return copy.deepcopy(found) if found else None
+
+    def list_objects(
+        self, info: ResourceInfo, namespace: Optional[str] = None, label_selector: Optional[str] = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        wanted = dict(
+            part.split("=") if "=" in part else (part, None) for part in (label_selector or "").split(",") if part
+        )
+        items = []
+        for (kind, item_namespace, _), obj in self.store.items():
+            labels = obj["metadata"].get("labels") or {}
+            if kind != info.kind or (namespace and item_namespace != namespace):
+                continue
+            if all(key in labels and (value is None or labels[key] == value) for key, value in wanted.items()):
+                items.append(copy.deepcopy(obj))
+        return items, str(self.version)
+
+    def apply(self, info: ResourceInfo, obj: dict[str, Any], dry_run: bool, force: bool) -> dict[str, Any]:
+        key = (info.kind, obj["metadata"].get("namespace") or "", obj["metadata"]["name"])
+        if self.conflict_on == info.kind and not force:
+            raise ConflictError(f"conflict applying {info.kind}")
+        live = self.store.get(key)
+        version = "1" if live is None else live["metadata"]["resourceVersion"]
+        if live is not None and comparable(live) != comparable(obj):
+            version = str(int(version) + 1)
+        result = with_server_noise(obj, version)
+        if dry_run:
+            self.dry_runs.append((info.kind, obj["metadata"]["name"]))
+        else:
+            self.writes.append(("apply", info.kind, obj["metadata"]["name"]))
+            self.store[key] = result
+        return copy.deepcopy(result)
+
+    def delete(self, info: ResourceInfo, name: str, namespace: Optional[str], dry_run: bool) -> bool:
+        key = (info.kind, namespace or "", name)
+        if key not in self.store:
+            return False
+        if not dry_run:
+            self.writes.append(("delete", info.kind, name))
+            del self.store[key]
+        return True
+
+    def merge_patch(
+        self, info: ResourceInfo, name: str, namespace: Optional[str], patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.writes.append(("patch", info.kind, name))
+        node = self.store[(info.kind, "", name)]
+        for key, value in patch["metadata"]["labels"].items():
+            if value is None:
+                node["metadata"]["labels"].pop(key, None)
+        return node
+
+    def watch(self, *args: Any, **kwargs: Any) -> Any:
+        return iter(())
+
+
+def applier(server: FakeApiServer, **options: Any) -> Applier:
+    return Applier(server, **options)  # type: ignore[arg-type]
+
+
+def prepared_server(secret: bool = False, level: Optional[str] = None) -> FakeApiServer:
+    server = FakeApiServer()
+    server.put(namespace_obj(level))
+    if secret:
+        server.put(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/dockerconfigjson",
+                "metadata": {"name": "pull", "namespace": "prefetch"},
+                "data": {".dockerconfigjson": "e30="},
+            }
+        )
+    return server
+
+
+INSTANCE = Instance("imgs", "prefetch")
+
+
+class TestPresent:
+    def test_first_run_creates_every_object_in_order(self) -> None:
+        server = prepared_server()
+        run = applier(server)
+        run.present(rendered(), INSTANCE, create_namespace=False)
+        assert [(entry["kind"], entry["action"]) for entry in run.objects] == [
+            ("ServiceAccount", "created"),
+            ("ClusterRole", "created"),
+            ("ConfigMap", "created"),
+            ("DaemonSet", "created"),
+        ]
+        assert run.changed and len(server.writes) == 4
+        assert run.objects[1]["namespace"] is None and run.objects[0]["namespace"] == "prefetch"
+
+    def test_second_identical_run_writes_nothing(self) -> None:
+        server = prepared_server()
+        applier(server).present(rendered(), INSTANCE, create_namespace=False)
+        server.writes.clear()
+        again = applier(server)
+        again.present(rendered(), INSTANCE, create_namespace=False)
+        assert {entry["action"] for entry in again.objects} == {"unchanged"}
+        assert not again.changed and server.writes == []
+
+    def test_changed_image_list_updates_only_the_config_map(self) -> None:
+        server = prepared_server()
+        applier(server).present(rendered(), INSTANCE, create_namespace=False)
+        server.writes.clear()
+        run = applier(server)
+        run.present(rendered(images="r/a:v1\nr/b:v1\n"), INSTANCE, create_namespace=False)
+        assert [entry["kind"] for entry in run.objects if entry["action"] == "updated"] == ["ConfigMap"]
+        assert server.writes == [("apply", "ConfigMap", "imgs")]
+
+    def test_check_mode_only_dry_runs(self) -> None:
+        server = prepared_server()
+        run = applier(server, check_mode=True, diff_mode=True)
+        run.present(rendered(), INSTANCE, create_namespace=False)
+        assert run.changed and server.writes == [] and len(server.dry_runs) == 4
+        assert [diff["after_header"] for diff in run.diffs][-1] == "DaemonSet prefetch/imgs"
+        assert run.diffs[-1]["before"] == {} and run.diffs[-1]["after"]["spec"]
+
+    def test_missing_namespace_without_create_fails_before_any_call_that_writes(self) -> None:
+        server = FakeApiServer()
+        with pytest.raises(ValidationError, match="namespace prefetch does not exist; set create_namespace: true"):
+            applier(server).present(rendered(), INSTANCE, create_namespace=False)
+        assert server.writes == [] and server.dry_runs == []
+
+    def test_created_namespace_comes_first_and_is_privileged(self) -> None:
+        server = FakeApiServer()
+        run = applier(server)
+        run.present(rendered(), INSTANCE, create_namespace=True)
+        assert server.writes[0] == ("apply", "Namespace", "prefetch")
+        labels = server.store[("Namespace", "", "prefetch")]["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+        assert run.objects[0]["action"] == "created" and run.objects[0]["kind"] == "Namespace"
+
+    def test_create_namespace_in_check_mode_writes_nothing(self) -> None:
+        server = FakeApiServer()
+        run = applier(server, check_mode=True)
+        run.present(rendered(), INSTANCE, create_namespace=True)
+        assert server.writes == [] and {entry["action"] for entry in run.objects} == {"created"}
+
+    def test_restricted_namespace_fails_before_any_write(self) -> None:
+        server = prepared_server(level="restricted")
+        with pytest.raises(ValidationError, match="enforces Pod Security level 'restricted'"):
+            applier(server).present(rendered(), INSTANCE, create_namespace=False)
+        assert server.writes == [] and server.dry_runs == []
+
+    def test_missing_secret_fails_before_any_write(self) -> None:
+        server = prepared_server()
+        with pytest.raises(MissingSecretError, match="pull secret prefetch/pull does not exist"):
+            applier(server).present(rendered(secret="pull"), INSTANCE, create_namespace=False)
+        assert server.writes == []
+
+    def test_secret_of_the_right_type_passes(self) -> None:
+        server = prepared_server(secret=True)
+        applier(server).present(rendered(secret="pull"), INSTANCE, create_namespace=False)
+        assert ("apply", "DaemonSet", "imgs") in server.writes
+
+    def test_secret_with_a_namespace_to_be_created_cannot_exist(self) -> None:
+        server = FakeApiServer()
+        with pytest.raises(MissingSecretError):
+            applier(server).present(rendered(secret="pull"), INSTANCE, create_namespace=True)
+        assert server.writes == []
+
+    def test_conflict_in_the_dry_run_stops_before_any_write(self) -> None:
+        server = prepared_server()
+        server.conflict_on = "DaemonSet"
+        with pytest.raises(ConflictError):
+            applier(server).present(rendered(), INSTANCE, create_namespace=False)
+        assert server.writes == []
+        forced = applier(server, force_conflicts=True)
+        forced.present(rendered(), INSTANCE, create_namespace=False)
+        assert ("apply", "DaemonSet", "imgs") in server.writes
+
+    def test_unknown_kind_fails_before_any_write(self) -> None:
+        server = prepared_server()
+        objects = [*rendered(), {"apiVersion": "route.openshift.io/v1", "kind": "Route", "metadata": meta("imgs")}]
+        with pytest.raises(NotFoundError, match="does not serve kind Route"):
+            applier(server).present(objects, INSTANCE, create_namespace=False)
+        assert server.writes == []
+
+
+def node(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels, "namespace": ""}}
+
+
+class TestAbsent:
+    def deployed(self) -> FakeApiServer:
+        server = prepared_server()
+        applier(server).present(rendered(), INSTANCE, create_namespace=False)
+        server.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("unrelated", labels={})})
+        server.writes.clear()
+        return server
+
+    def test_deletes_every_labelled_object_workloads_first(self) -> None:
+        server = self.deployed()
+        run = applier(server)
+        run.absent(INSTANCE, [], remove_node_labels=False)
+        assert [write[1] for write in server.writes] == ["DaemonSet", "ConfigMap", "ClusterRole", "ServiceAccount"]
+        assert {entry["action"] for entry in run.objects} == {"deleted"} and run.changed
+        assert ("ConfigMap", "prefetch", "unrelated") in server.store
+
+    def test_second_absent_changes_nothing(self) -> None:
+        server = self.deployed()
+        applier(server).absent(INSTANCE, [], remove_node_labels=False)
+        server.writes.clear()
+        again = applier(server)
+        again.absent(INSTANCE, [], remove_node_labels=False)
+        assert again.objects == [] and not again.changed and server.writes == []
+
+    def test_given_objects_that_are_gone_are_reported_absent(self) -> None:
+        server = FakeApiServer()
+        run = applier(server)
+        run.absent(INSTANCE, rendered(), remove_node_labels=False)
+        assert {entry["action"] for entry in run.objects} == {"absent"} and not run.changed
+
+    def test_check_mode_deletes_nothing(self) -> None:
+        server = self.deployed()
+        run = applier(server, check_mode=True)
+        run.absent(INSTANCE, [], remove_node_labels=True)
+        assert server.writes == [] and run.changed
+
+    def test_node_labels_are_removed_with_a_null_merge_patch(self) -> None:
+        server = self.deployed()
+        key = "image-prefetcher.stackrox.io/imgs"
+        server.store[("Node", "", "n1")] = node("n1", {key: "succeeded", "zone": "a"})
+        server.store[("Node", "", "n2")] = node("n2", {"zone": "b"})
+        run = applier(server)
+        run.absent(INSTANCE, [], remove_node_labels=True)
+        assert ("patch", "Node", "n1") in server.writes and ("patch", "Node", "n2") not in server.writes
+        assert server.store[("Node", "", "n1")]["metadata"]["labels"] == {"zone": "a"}
+        assert run.objects[-1] == {
+            "kind": "Node",
+            "apiVersion": "v1",
+            "name": "n1",
+            "namespace": None,
+            "action": "updated",
+        }
