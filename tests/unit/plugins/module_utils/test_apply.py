@@ -349,9 +349,10 @@ class FakeApiServer:
     def list_objects(
         self, info: ResourceInfo, namespace: Optional[str] = None, label_selector: Optional[str] = None
     ) -> tuple[list[dict[str, Any]], str]:
-        wanted = dict(
-            part.split("=") if "=" in part else (part, None) for part in (label_selector or "").split(",") if part
-        )
+        wanted: dict[str, Optional[str]] = {}
+        for part in filter(None, (label_selector or "").split(",")):
+            key, _, value = part.partition("=")
+            wanted[key] = value if "=" in part else None
         items = []
         for (kind, item_namespace, _), obj in self.store.items():
             labels = obj["metadata"].get("labels") or {}
@@ -401,7 +402,7 @@ class FakeApiServer:
 
 
 def applier(server: FakeApiServer, **options: Any) -> Applier:
-    return Applier(server, **options)  # type: ignore[arg-type]
+    return Applier(server, **options)
 
 
 def prepared_server(secret: bool = False, level: Optional[str] = None) -> FakeApiServer:

@@ -77,7 +77,7 @@ def test_spec_matches_kubernetes_core() -> None:
 def test_doc_fragment_documents_the_spec() -> None:
     tree = ast.parse(FRAGMENT.read_text())
     text = next(
-        node.value.value
+        ast.literal_eval(node.value)
         for node in ast.walk(tree)
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DOCUMENTATION"
     )

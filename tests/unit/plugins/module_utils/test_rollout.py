@@ -457,7 +457,7 @@ def test_eligible_nodes_by_selector_and_taints() -> None:
         node("tainted", {"pool": "a"}, [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
         node("prefer", {"pool": "a"}, [{"key": "soft", "effect": "PreferNoSchedule"}]),
     ]
-    spec = {"nodeSelector": {"pool": "a"}, "tolerations": []}
+    spec: dict[str, Any] = {"nodeSelector": {"pool": "a"}, "tolerations": []}
     assert eligible_nodes(nodes, spec) == ["plain", "prefer"]
     spec["tolerations"] = [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]
     assert eligible_nodes(nodes, spec) == ["plain", "prefer", "tainted"]
@@ -590,7 +590,7 @@ def test_waiter_completes_on_watch_events_and_resumes_from_the_last_version() ->
             "daemonsets": [[], [with_version("MODIFIED", daemonset(), "13")]],
         },
     )
-    waiter = RolloutWaiter(cluster, "imgs", "prefetch", timeout=30)  # type: ignore[arg-type]
+    waiter = RolloutWaiter(cluster, "imgs", "prefetch", timeout=30)
     state = waiter.wait(start)
     assert state.daemonset is not None and daemonset_progress(state.daemonset).done
     assert cluster.watch_versions["pods"][:2] == ["10", "11"]
@@ -603,7 +603,7 @@ def test_waiter_lists_again_after_410_gone() -> None:
         watches={"daemonsets": [WatchExpiredError()], "pods": []},
     )
     cluster.relists["daemonsets"] = [[daemonset()]]  # only the list after the 410 sees the finished DaemonSet
-    waiter = RolloutWaiter(cluster, "imgs", "prefetch", timeout=30)  # type: ignore[arg-type]
+    waiter = RolloutWaiter(cluster, "imgs", "prefetch", timeout=30)
     state = waiter.wait(start)
     assert state.daemonset is not None and daemonset_progress(state.daemonset).done
     assert cluster.list_calls["daemonsets"] == 2
@@ -612,7 +612,9 @@ def test_waiter_lists_again_after_410_gone() -> None:
 def test_waiter_times_out_with_the_partial_report() -> None:
     start = daemonset(available=1, updated=2)
     waiting = {"waiting": {"reason": "ErrImagePull", "message": "agent image not found"}}
-    nodes = [{"metadata": {"name": name, "labels": {}}, "spec": {}} for name in ("n1", "n2", "n3")]
+    nodes: list[dict[str, Any]] = [
+        {"metadata": {"name": name, "labels": {}}, "spec": {}} for name in ("n1", "n2", "n3")
+    ]
     cluster = ScriptedCluster(
         lists={
             "daemonsets": [start],
@@ -623,7 +625,7 @@ def test_waiter_times_out_with_the_partial_report() -> None:
         watches={},
     )
     clock_values = iter([0.0, 0.0] + [100.0] * 50)
-    waiter = RolloutWaiter(cluster, "imgs", "prefetch", timeout=5, clock=lambda: next(clock_values))  # type: ignore[arg-type]
+    waiter = RolloutWaiter(cluster, "imgs", "prefetch", timeout=5, clock=lambda: next(clock_values))
     with pytest.raises(RolloutError) as raised:
         waiter.wait(start)
     message = str(raised.value)
@@ -642,7 +644,7 @@ def test_waiter_fails_at_once_when_no_node_matches() -> None:
         "involvedObject": {"kind": "DaemonSet", "name": "imgs"},
     }
     cluster = ScriptedCluster(lists={"daemonsets": [start], "pods": [], "events": [failed_create]}, watches={})
-    waiter = RolloutWaiter(cluster, "imgs", "prefetch", timeout=600)  # type: ignore[arg-type]
+    waiter = RolloutWaiter(cluster, "imgs", "prefetch", timeout=600)
     with pytest.raises(RolloutError, match="schedules no pods") as raised:
         waiter.wait(start)
     assert "PodSecurity" in str(raised.value)
