@@ -176,7 +176,8 @@ def _write_items(directory: Path, obj: Obj, kind: str, items: Optional[list[Obj]
             if data is None:
                 raise VolumeError(f'configmap references non-existent config key: {item.get("key")}'
                                   if kind == "ConfigMap" else f'references non-existent secret key: {item.get("key")}')
-            _write_file(directory / str(item.get("path") or item.get("key", "")), data, int(item.get("mode", default_mode)))
+            mode = int(item.get("mode", default_mode))
+            _write_file(directory / str(item.get("path") or item.get("key", "")), data, mode)
         return
     keys = set(obj.get("data") or {}) | set(obj.get("binaryData") or {}) | set(obj.get("stringData") or {})
     for key in sorted(keys):
