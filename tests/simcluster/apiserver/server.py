@@ -27,7 +27,7 @@ from .selectors import make_matcher
 from .store import Store
 from .tables import accepts_table, to_table
 
-PUBLIC_PATHS = {"/version", "/healthz", "/livez", "/readyz"}
+PUBLIC_PATHS = {"/version", "/version/", "/healthz", "/livez", "/readyz"}
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-simcluster", "gitCommit": "simcluster",
            "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.0",
@@ -123,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _TLSServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: Any) -> None:
         self.server.app.log_line(format % args)
 
     def do_GET(self) -> None:
@@ -148,6 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     # --- plumbing -------------------------------------------------------------------------------
+
+    _raw_body = b""
 
     def _body(self) -> bytes:
         n = int(self.headers.get("Content-Length") or 0)
@@ -176,12 +178,12 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
         rec = RequestRecord(0, time.time(), self.command, url.path, url.query, "", 0, "", "", "", "", "",
                             query.get("dryRun") == "All")
+        # Read the whole body first: an error answered before reading it would desync a keep-alive connection.
+        self._raw_body = self._body()
         try:
             code = self._handle(url.path, query, rec)
         except ApiError as e:
             code = e.code
-            body = self._body_if_unread()
-            del body
             if e.text is not None:
                 self._send(e.code, e.text.encode(), "text/plain; charset=utf-8")
             else:
@@ -203,22 +205,15 @@ class _Handler(BaseHTTPRequestHandler):
         rec.status = code
         app.record(rec)
 
-    def _body_if_unread(self) -> bytes:
-        if getattr(self, "_consumed", False):
-            return b""
-        self._consumed = True
-        return self._body()
-
     def _read_body(self) -> bytes:
-        self._consumed = True
-        return self._body()
+        return self._raw_body
 
     # --- request handling --------------------------------------------------------------------------
 
     def _handle(self, path: str, query: dict[str, str], rec: RequestRecord) -> int:
         app = self.server.app
         if path in PUBLIC_PATHS or path.startswith(("/healthz/", "/livez/", "/readyz/")):
-            if path == "/version":
+            if path.startswith("/version"):
                 self._send_json(200, VERSION)
             else:
                 self._send(200, b"ok", "text/plain; charset=utf-8")
@@ -258,7 +253,8 @@ class _Handler(BaseHTTPRequestHandler):
         verb = self._verb(route, query)
         rec.verb, rec.resource = verb, route.rd.key
         rec.namespace, rec.name, rec.subresource = route.namespace or "", route.name, route.subresource
-        if not user.allowed(verb):
+        # Self reviews are open to every authenticated user (system:basic-user), as on a real cluster.
+        if not user.allowed(verb) and not route.rd.virtual:
             raise errors.forbidden(route.rd, route.name, forbidden_text(user, verb, route.rd.plural, route.rd.group,
                                                                        route.namespace, route.subresource))
         if query.get("dryRun") not in (None, "", "All"):
@@ -287,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
             ns, rest = rest[1], rest[2:]
         plural = rest[0]
         rd = app.registry.lookup(group, version, plural)
-        if rd is None or rd.virtual and ns is not None:
+        if rd is None or (rd.virtual and ns is not None):
             if rd is None:
                 raise errors.resource_not_found()
         name = rest[1] if len(rest) > 1 else ""
