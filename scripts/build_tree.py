@@ -22,7 +22,8 @@ import yaml
 GALAXY_IGNORES = ["MANIFEST.json", "FILES.json", "galaxy.yaml", ".git", "*.pyc", "*.retry", "tests/output"]
 GALAXY_IGNORE_DIRS = frozenset({"CVS", ".bzr", ".hg", ".git", ".svn", "__pycache__", ".tox"})
 # Kept in the destination: ansible-test's results, and the tree's own empty git repository (see init_git).
-KEEP_IN_DEST = frozenset({"tests/output", ".git"})
+# ansible-lint's cache (.ansible) too, so that it is not rebuilt on every sync.
+KEEP_IN_DEST = frozenset({"tests/output", ".git", ".ansible"})
 
 
 def collection_files(src: Path) -> list[str]:
@@ -82,11 +83,11 @@ def init_git(dest: Path) -> None:
     ansible-test lists content with `git ls-files --cached --others --exclude-standard` from the nearest .git up
     the path; without one here it would find the project's repository, where build/ is ignored, and see no files.
     """
-    if (dest / ".git").exists():
-        return
-    subprocess.run(["git", "init", "-q", str(dest)], check=True)
+    if not (dest / ".git" / "HEAD").exists():
+        subprocess.run(["git", "init", "-q", str(dest)], check=True)
     (dest / ".git" / "info").mkdir(exist_ok=True)
-    (dest / ".git" / "info" / "exclude").write_text("/tests/output/\n", encoding="utf-8")
+    # Tool output is not content: ansible-test's results and ansible-lint's cache.
+    (dest / ".git" / "info" / "exclude").write_text("/tests/output/\n/.ansible/\n", encoding="utf-8")
 
 
 def main(argv: list[str]) -> int:
