@@ -126,6 +126,7 @@ import typing as t
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.text.converters import to_bytes, to_native
+
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import PrefetchError
 from ansible_collections.stackrox.prefetch.plugins.module_utils._render import (
     HAS_YAML,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import ValidationError
 from ansible_collections.stackrox.prefetch.plugins.module_utils._imagelist import (
     MAX_LIST_BYTES,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from ansible_collections.stackrox.prefetch.plugins.module_utils._render import (
     CONFIG_HASH_ANNOTATION,
     config_hash,

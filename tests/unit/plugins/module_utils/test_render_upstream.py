@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from ansible_collections.stackrox.prefetch.plugins.module_utils._render import render
 from ansible_collections.stackrox.prefetch.plugins.module_utils._settings import validate_settings
 

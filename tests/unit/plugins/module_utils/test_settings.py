@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from ansible_collections.stackrox.prefetch.plugins.doc_fragments.settings import ModuleDocFragment
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import PrefetchError, ValidationError
 from ansible_collections.stackrox.prefetch.plugins.module_utils._settings import (

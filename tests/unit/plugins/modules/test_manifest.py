@@ -13,6 +13,7 @@ import pytest
 import yaml
 from ansible.module_utils import basic
 from ansible.module_utils.common.text.converters import to_bytes
+
 from ansible_collections.stackrox.prefetch.plugins.modules import manifest
 
 IMAGES = ["registry.test:5000/team/app:v1", "registry.test:5000/team/db:v2"]
