@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.stackrox.prefetch.plugins.module_utils._imagelist import parse_image_list
 from ansible_collections.stackrox.prefetch.plugins.module_utils._render import (
     CONFIG_HASH_ANNOTATION,
     config_hash,
@@ -113,6 +114,15 @@ def test_yaml_round_trips_to_the_objects() -> None:
     text = to_yaml(objects)
     assert text.startswith("---\napiVersion: v1\nkind: ServiceAccount\n")
     assert list(yaml.safe_load_all(text)) == objects
+
+
+def test_yaml_round_trips_awkward_strings() -> None:
+    # Strings YAML would misread unquoted, a BOM, non-ASCII and inner blanks must survive the text form exactly.
+    awkward = ["yes", "1.0", "x: y", "'quoted'", "\ufeffnginx", "caf\u00e9/app:1", "one two", "a\tb", "- dash"]
+    objects = rendered(images=awkward, node_selector={"on": "true"})
+    assert list(yaml.safe_load_all(to_yaml(objects))) == objects
+    config_map = by_kind(list(yaml.safe_load_all(to_yaml(objects))), "ConfigMap")
+    assert parse_image_list(config_map["data"]["images.txt"]) == awkward
 
 
 def test_render_is_deterministic_and_unaliased() -> None:
