@@ -44,7 +44,9 @@ def overall(seconds: int) -> str:
 def error_class(run: AgentRun, image: str) -> str:
     assert run.summary is not None, run.describe()
     reason: str = run.summary["errors"][image]
-    return reason.split(":", 1)[0]
+    klass, _, detail = reason.partition(": ")
+    assert len(detail) <= 160, "the summary's error detail is cut to 160 characters"
+    return klass
 
 
 def attempts_of(run: AgentRun, image: str) -> int:
@@ -131,6 +133,20 @@ def test_stall_mid_body_recovers_on_retry(
     assert (last.status, last.bytes) in ((200, len(layer.data)), (206, len(layer.data) - 100_000)), layer_requests
     assert node.image_present(image)
     assert_ended_in_time(run, OVERALL_S + SLACK_S)
+
+
+def test_connection_closed_mid_body_is_resumed_inside_one_attempt(
+        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        run_agent: Callable[..., AgentRun]) -> None:
+    layer = images["gamma"].layers[2]
+    proxy.add_rule(Rule(path=f"/blobs/{layer.digest}$", action="close_mid_body", after_bytes=50_000, times=1))
+    image = ref("it/gamma")
+    run = run_agent(node.socket, [image], *FAST, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
+    assert run.rc == 0 and run.summary is not None, run.describe()
+    assert (run.summary["ok"], run.summary["attempts"]) == (1, 1), run.describe()
+    layer_requests = [r for r in proxy.requests if r.path.endswith(layer.digest)]
+    assert [(r.action, r.range) for r in layer_requests] == [("close_mid_body", None), ("pass", "bytes=50000-")]
+    assert node.image_present(image)
 
 
 # ---- HTTP errors ------------------------------------------------------------------------------------------
@@ -239,6 +255,36 @@ def test_slow_bandwidth_escalates_the_attempt_timeout(
     assert all(r.action == "slow" for r in proxy.requests if "/blobs/" in r.path)
     assert node.image_present(image)
     assert_ended_in_time(run, OVERALL_S + SLACK_S)
+
+
+# ---- concurrency ------------------------------------------------------------------------------------------------
+def test_max_parallel_pulls_one_pulls_images_one_after_another(
+        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        run_agent: Callable[..., AgentRun]) -> None:
+    proxy.configure(latency_s=0.05)  # stretch each pull so overlaps would show
+    refs = [ref(f"it/{name}") for name in images]
+    run = run_agent(node.socket, refs, *FAST, overall(OVERALL_S), "--max-parallel-pulls=1",
+                    timeout_s=OVERALL_S + SLACK_S + 5)
+    assert run.rc == 0 and run.summary is not None and run.summary["ok"] == 3, run.describe()
+    spans = []
+    for name in images:
+        records = requests_to(proxy, f"it/{name}")
+        spans.append((min(r.started for r in records), max(r.ended or r.started for r in records)))
+    spans.sort()
+    for (_, end), (next_start, _) in zip(spans, spans[1:]):
+        assert end <= next_start, f"pulls overlapped with --max-parallel-pulls=1: {spans}"
+
+
+def test_unlimited_parallel_pulls_overlap(
+        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        run_agent: Callable[..., AgentRun]) -> None:
+    proxy.configure(latency_s=0.05)
+    run = run_agent(node.socket, [ref(f"it/{name}") for name in images], *FAST, overall(OVERALL_S),
+                    timeout_s=OVERALL_S + SLACK_S + 5)
+    assert run.rc == 0 and run.summary is not None and run.summary["ok"] == 3, run.describe()
+    first_requests = sorted(min(r.started for r in requests_to(proxy, f"it/{name}")) for name in images)
+    last_ends = [max(r.ended or r.started for r in requests_to(proxy, f"it/{name}")) for name in images]
+    assert first_requests[-1] < min(last_ends), "all images are pulled at the same time by default"
 
 
 # ---- containerd restart, pull policy ---------------------------------------------------------------------------
