@@ -13,6 +13,7 @@ import yaml
 from ansible_collections.stackrox.prefetch.plugins.doc_fragments.settings import ModuleDocFragment
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import PrefetchError, ValidationError
 from ansible_collections.stackrox.prefetch.plugins.module_utils._settings import (
+    COLLECTION_VERSION,
     DEFAULT_RESOURCES,
     MAX_NAME_LENGTH,
     SETTINGS_ARGUMENT_SPEC,
@@ -130,6 +131,16 @@ def test_defaults() -> None:
     assert result.durations == {}
     assert result.agent_debug is False
     assert result.max_unavailable == "100%"
+
+
+def test_default_version_is_the_collections() -> None:
+    # The agent image's default tag follows the collection's version: bump both together.
+    root = Path(__file__).resolve().parents[4]
+    if (root / "galaxy.yml").exists():
+        version = yaml.safe_load((root / "galaxy.yml").read_text(encoding="utf-8"))["version"]
+    else:  # an installed collection has MANIFEST.json instead
+        version = json.loads((root / "MANIFEST.json").read_text(encoding="utf-8"))["collection_info"]["version"]
+    assert version == COLLECTION_VERSION
 
 
 @pytest.mark.parametrize(
