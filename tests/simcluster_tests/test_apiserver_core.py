@@ -56,13 +56,14 @@ _counter = iter(range(1, 10_000))
 @pytest.fixture()
 def ns(api: client.ApiClient) -> str:
     name = f"t{next(_counter)}"
-    client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
+    v1: Any = client.CoreV1Api(api)
+    v1.create_namespace({"metadata": {"name": name}})
     return name
 
 
 def msg(e: pytest.ExceptionInfo[ApiException]) -> str:
     """The Status message of a failed client call."""
-    return str(json.loads(e.value.body)["message"])
+    return str(json.loads(str(e.value.body))["message"])
 
 
 def ds_body(name: str, ns: str, image: str = "img:v1", labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def test_unknown_group_and_resource_404_like_real_server(srv: ApiServer) -> None
 def test_dynamic_client_unknown_kind(api: client.ApiClient) -> None:
     from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
-    dyn = DynamicClient(api)
+    dyn: Any = DynamicClient(api)
     with pytest.raises(ResourceNotFoundError):
         dyn.resources.get(api_version="security.openshift.io/v1", kind="SecurityContextConstraints")
     assert dyn.resources.get(api_version="v1", kind="Pod").namespaced
@@ -121,13 +122,13 @@ def test_dynamic_client_unknown_kind(api: client.ApiClient) -> None:
 # --- CRUD ----------------------------------------------------------------------------------------
 
 def test_crud_and_error_statuses(api: client.ApiClient, ns: str) -> None:
-    v1 = client.CoreV1Api(api)
+    v1: Any = client.CoreV1Api(api)
     cm = v1.create_namespaced_config_map(ns, {"metadata": {"name": "cfg"}, "data": {"a": "1"}})
     assert cm.metadata.uid and cm.metadata.creation_timestamp and int(cm.metadata.resource_version) > 0
     with pytest.raises(ApiException) as e:
         v1.create_namespaced_config_map(ns, {"metadata": {"name": "cfg"}})
     assert e.value.status == 409
-    assert f'configmaps "cfg" already exists' in msg(e)
+    assert 'configmaps "cfg" already exists' in msg(e)
     # PUT with a stale resourceVersion
     v1.patch_namespaced_config_map("cfg", ns, {"data": {"a": "2"}})
     cm.data = {"a": "3"}
@@ -151,7 +152,7 @@ def test_crud_and_error_statuses(api: client.ApiClient, ns: str) -> None:
 
 
 def test_namespaced_defaults_and_apps_not_found(srv: ApiServer, api: client.ApiClient, ns: str) -> None:
-    v1 = client.CoreV1Api(api)
+    v1: Any = client.CoreV1Api(api)
     assert v1.read_namespaced_service_account("default", ns).metadata.name == "default"
     assert "ca.crt" in v1.read_namespaced_config_map("kube-root-ca.crt", ns).data
     r = call(srv, "GET", f"/apis/apps/v1/namespaces/{ns}/daemonsets/missing")
@@ -183,7 +184,7 @@ def test_validation_messages(srv: ApiServer, ns: str) -> None:
     assert "spec.selector: Invalid value: v1.LabelSelector{MatchLabels:map[string]string{\"app\":\"x\"}" in \
         r.json()["message"]
     assert "field is immutable" in r.json()["message"]
-    r = call(srv, "PATCH", f"/api/v1/nodes/whatever", {"metadata": {"labels": {"bad key!": "v"}}},
+    r = call(srv, "PATCH", "/api/v1/nodes/whatever", {"metadata": {"labels": {"bad key!": "v"}}},
              "application/merge-patch+json")
     assert r.status == 404
 
@@ -265,8 +266,8 @@ def test_generation_and_status_subresource_separation(srv: ApiServer, ns: str) -
 # --- server-side apply -------------------------------------------------------------------------------
 
 def test_server_side_apply_lifecycle(api: client.ApiClient, ns: str) -> None:
-    dyn = DynamicClient(api)
-    res = dyn.resources.get(api_version="apps/v1", kind="DaemonSet")
+    dyn: Any = DynamicClient(api)
+    res: Any = dyn.resources.get(api_version="apps/v1", kind="DaemonSet")
     body = ds_body("ssa", ns, labels={"app": "ssa", "tier": "x"})
     first = res.server_side_apply(body=body, name="ssa", namespace=ns, field_manager="mgr-a")
     rv = first.metadata.resourceVersion
@@ -281,7 +282,7 @@ def test_server_side_apply_lifecycle(api: client.ApiClient, ns: str) -> None:
     with pytest.raises(ApiException) as e:
         res.server_side_apply(body=other, name="ssa", namespace=ns, field_manager="mgr-b")
     assert e.value.status == 409
-    st = json.loads(e.value.body)
+    st = json.loads(str(e.value.body))
     assert st["reason"] == "Conflict"
     assert st["message"] == ('Apply failed with 1 conflict: conflict with "mgr-a": '
                              '.spec.template.spec.containers[name="main"].image')
@@ -369,7 +370,7 @@ def test_dry_run_stores_nothing(srv: ApiServer, ns: str) -> None:
 # --- selectors -------------------------------------------------------------------------------------
 
 def test_label_and_field_selectors(api: client.ApiClient, ns: str) -> None:
-    v1 = client.CoreV1Api(api)
+    v1: Any = client.CoreV1Api(api)
     for name, labels in (("a", {"env": "prod", "tier": "web"}), ("b", {"env": "dev"}), ("c", {"tier": "db"})):
         v1.create_namespaced_config_map(ns, {"metadata": {"name": name, "labels": labels}})
 
@@ -393,7 +394,7 @@ def test_label_and_field_selectors(api: client.ApiClient, ns: str) -> None:
 
 
 def test_events_and_pods_field_selectors(api: client.ApiClient, ns: str) -> None:
-    v1 = client.CoreV1Api(api)
+    v1: Any = client.CoreV1Api(api)
     v1.create_namespaced_event(ns, {"metadata": {"name": "e1"}, "involvedObject": {"kind": "DaemonSet", "name": "x",
                                                                                    "namespace": ns},
                                     "reason": "SuccessfulCreate", "message": "m", "type": "Normal"})
@@ -434,27 +435,29 @@ def test_unauthenticated_and_forbidden(srv: ApiServer, viewer_api: client.ApiCli
                         "message": "Unauthorized", "reason": "Unauthorized", "code": 401}
     assert call(srv, "GET", "/api/v1/namespaces", token="not-a-token").status == 401
     call(srv, "POST", f"/apis/apps/v1/namespaces/{ns}/daemonsets", ds_body("v", ns))
-    apps = client.AppsV1Api(viewer_api)
+    apps: Any = client.AppsV1Api(viewer_api)
     assert apps.read_namespaced_daemon_set("v", ns).metadata.name == "v"
     with pytest.raises(ApiException) as e:
         apps.patch_namespaced_daemon_set("v", ns, {"metadata": {"labels": {"a": "b"}}})
     assert e.value.status == 403
-    st = json.loads(e.value.body)
+    st = json.loads(str(e.value.body))
     assert st["message"] == (f'daemonsets.apps "v" is forbidden: User "viewer" cannot patch resource "daemonsets" '
                              f'in API group "apps" in the namespace "{ns}"')
     assert st["reason"] == "Forbidden"
     with pytest.raises(ApiException) as e:
-        client.RbacAuthorizationV1Api(viewer_api).create_cluster_role({"metadata": {"name": "r"}})
+        rbac: Any = client.RbacAuthorizationV1Api(viewer_api)
+        rbac.create_cluster_role({"metadata": {"name": "r"}})
     assert ('clusterroles.rbac.authorization.k8s.io is forbidden: User "viewer" cannot create resource '
             '"clusterroles" in API group "rbac.authorization.k8s.io" at the cluster scope') in msg(e)
-    review = client.AuthorizationV1Api(viewer_api).create_self_subject_access_review(
+    authz: Any = client.AuthorizationV1Api(viewer_api)
+    review = authz.create_self_subject_access_review(
         {"spec": {"resourceAttributes": {"verb": "create", "resource": "daemonsets", "group": "apps",
                                          "namespace": ns}}})
     assert review.status.allowed is False
 
 
 def test_service_account_token_request(srv: ApiServer, api: client.ApiClient, ns: str) -> None:
-    v1 = client.CoreV1Api(api)
+    v1: Any = client.CoreV1Api(api)
     v1.create_namespaced_service_account(ns, {"metadata": {"name": "agent"}})
     tr = v1.create_namespaced_service_account_token("agent", ns, {"spec": {"audiences": ["x"],
                                                                            "expirationSeconds": 3600}})

@@ -99,7 +99,7 @@ def pod(name: str, node: str = "", owner: dict[str, Any] | None = None, labels: 
 # --- watch ---------------------------------------------------------------------------------------
 
 def test_watch_resume_and_selector_transitions(api: client.ApiClient, ns: str) -> None:
-    v1 = client.CoreV1Api(api)
+    v1: Any = client.CoreV1Api(api)
     start_rv = v1.list_namespaced_config_map(ns).metadata.resource_version
     events: list[tuple[str, str]] = []
     w = watch.Watch()
@@ -125,7 +125,7 @@ def test_watch_resume_and_selector_transitions(api: client.ApiClient, ns: str) -
 
 
 def test_watch_without_resource_version_lists_first(srv: ApiServer, api: client.ApiClient, ns: str) -> None:
-    v1 = client.CoreV1Api(api)
+    v1: Any = client.CoreV1Api(api)
     v1.create_namespaced_secret(ns, {"metadata": {"name": "s1"}})
     got = [(e["type"], e["object"].metadata.name)
            for e in watch.Watch().stream(v1.list_namespaced_secret, ns, timeout_seconds=1)]
@@ -133,7 +133,7 @@ def test_watch_without_resource_version_lists_first(srv: ApiServer, api: client.
 
 
 def test_watch_too_old_resource_version_is_410(srv: ApiServer, api: client.ApiClient, ns: str) -> None:
-    v1 = client.CoreV1Api(api)
+    v1: Any = client.CoreV1Api(api)
     old_rv = v1.list_namespaced_config_map(ns).metadata.resource_version
     for i in range(50):  # push the window (20 events, trimmed at 40) past old_rv
         v1.create_namespaced_config_map(ns, {"metadata": {"name": f"f{i}"}})
@@ -185,7 +185,7 @@ def test_stop_ends_open_watches_and_threads(tmp_path: Path) -> None:
 
 def test_gc_deletes_pods_of_deleted_daemonset(srv: ApiServer, api: client.ApiClient, ns: str) -> None:
     owner = call(srv, "POST", f"/apis/apps/v1/namespaces/{ns}/daemonsets", ds("gc", ns)).json()
-    v1 = client.CoreV1Api(api)
+    v1: Any = client.CoreV1Api(api)
     v1.create_namespaced_pod(ns, pod("gc-unbound", owner=owner))
     v1.create_namespaced_pod(ns, pod("gc-bound", node="n1", owner=owner))
     v1.create_namespaced_pod(ns, pod("bystander"))
@@ -203,9 +203,9 @@ def test_gc_deletes_pods_of_deleted_daemonset(srv: ApiServer, api: client.ApiCli
 
 
 def test_orphan_and_foreground_propagation(srv: ApiServer, api: client.ApiClient, ns: str) -> None:
-    v1 = client.CoreV1Api(api)
+    v1: Any = client.CoreV1Api(api)
     base = f"/apis/apps/v1/namespaces/{ns}/deployments"
-    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d1"},
+    dep: dict[str, Any] = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d1"},
            "spec": {"selector": {"matchLabels": {"a": "b"}},
                     "template": {"metadata": {"labels": {"a": "b"}},
                                  "spec": {"containers": [{"name": "c", "image": "i"}]}}}}
@@ -226,7 +226,7 @@ def test_orphan_and_foreground_propagation(srv: ApiServer, api: client.ApiClient
 
 
 def test_graceful_pod_deletion(srv: ApiServer, api: client.ApiClient, ns: str) -> None:
-    v1 = client.CoreV1Api(api)
+    v1: Any = client.CoreV1Api(api)
     v1.create_namespaced_pod(ns, pod("g1", node="n1"))
     rv_seen = v1.list_namespaced_pod(ns).metadata.resource_version
     deleted = call(srv, "DELETE", f"/api/v1/namespaces/{ns}/pods/g1", {"gracePeriodSeconds": 45}).json()
@@ -248,7 +248,7 @@ def test_graceful_pod_deletion(srv: ApiServer, api: client.ApiClient, ns: str) -
 
 
 def test_namespace_deletion_removes_contents(srv: ApiServer, api: client.ApiClient) -> None:
-    v1 = client.CoreV1Api(api)
+    v1: Any = client.CoreV1Api(api)
     v1.create_namespace({"metadata": {"name": "doomed"}})
     v1.create_namespaced_config_map("doomed", {"metadata": {"name": "c"}})
     v1.create_namespaced_pod("doomed", pod("p", node="n1"))  # bound: keeps the namespace terminating
@@ -259,7 +259,7 @@ def test_namespace_deletion_removes_contents(srv: ApiServer, api: client.ApiClie
     with pytest.raises(ApiException) as e:
         v1.create_namespaced_config_map("doomed", {"metadata": {"name": "late"}})
     assert e.value.status == 403
-    assert json.loads(e.value.body)["message"] == (
+    assert json.loads(str(e.value.body))["message"] == (
         'configmaps "late" is forbidden: unable to create new content in namespace doomed because it is being '
         "terminated")
     assert v1.read_namespaced_pod("p", "doomed").metadata.deletion_timestamp is not None
@@ -320,7 +320,7 @@ class _Echo(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -330,7 +330,7 @@ def test_service_proxy_to_ready_pod(srv: ApiServer, api: client.ApiClient, ns: s
     t.start()
     try:
         port = upstream.server_address[1]
-        v1 = client.CoreV1Api(api)
+        v1: Any = client.CoreV1Api(api)
         v1.create_namespaced_service(ns, {"metadata": {"name": "metrics"}, "spec": {
             "selector": {"app": "agg"}, "ports": [{"name": "http", "port": 8080, "targetPort": "http"},
                                                   {"name": "grpc", "port": 8443, "targetPort": 1}]}})

@@ -156,10 +156,7 @@ def go_value(value: Any) -> str:
 def invalid(rd: ResourceDef, name: str, errs: list[FieldError]) -> ApiError:
     """422 Invalid: ``DaemonSet.apps "x" is invalid: <field>: <detail>`` (several errors in brackets)."""
     kind_q = f"{rd.kind}.{rd.group}" if rd.group else rd.kind
-    if len(errs) == 1:
-        summary = str(errs[0])
-    else:
-        summary = "[" + ", ".join(str(e) for e in errs) + "]"
+    summary = str(errs[0]) if len(errs) == 1 else "[" + ", ".join(str(e) for e in errs) + "]"
     details: dict[str, Any] = {"name": name}
     if rd.group:
         details["group"] = rd.group

@@ -3,6 +3,7 @@ admission, managedFields, status subresources, graceful deletion and garbage col
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import ipaddress
@@ -103,9 +104,9 @@ class Api:
             raise errors.not_found(rd, name)
         return obj
 
-    def list(self, rd: ResourceDef, ns: Optional[str], matcher: Callable[[dict[str, Any]], bool],
+    def list_objects(self, rd: ResourceDef, ns: Optional[str], matcher: Callable[[dict[str, Any]], bool],
              limit: int = 0, cont: str = "") -> dict[str, Any]:
-        items, rv = self.store.list(rd.key, ns if rd.namespaced else None)
+        items, rv = self.store.list_objects(rd.key, ns if rd.namespaced else None)
         items = [o for o in items if matcher(o)]
         start_after: Optional[list[str]] = None
         if cont:
@@ -272,10 +273,8 @@ class Api:
               "data": {"ca.crt": self.ca_pem}}
         for key, obj, mgr in (("serviceaccounts", sa, "kube-controller-manager"),
                               ("configmaps", cm, "kube-controller-manager")):
-            try:
+            with contextlib.suppress(ApiError):  # already there (created by a client first)
                 self.create(self.registry.by_key(key), ns, obj, WriteOptions(mgr))
-            except ApiError:
-                pass  # already there (created by a client first)
 
     # --- update / patch / apply ----------------------------------------------------------------------
 
@@ -493,7 +492,7 @@ class Api:
 
     def _orphan_dependents(self, owner_uid: str) -> None:
         for rd in self.registry.defs:
-            items, _ = self.store.list(rd.key)
+            items, _ = self.store.list_objects(rd.key)
             for o in items:
                 refs = o["metadata"].get("ownerReferences") or []
                 keep = [r for r in refs if r.get("uid") != owner_uid]
@@ -518,7 +517,7 @@ class Api:
             for rd in self.registry.defs:
                 if rd.virtual:
                     continue
-                items, _ = self.store.list(rd.key)
+                items, _ = self.store.list_objects(rd.key)
                 everything += [(rd, o) for o in items]
             alive = {o["metadata"].get("uid") for _, o in everything}
             foreground = {o["metadata"].get("uid") for _, o in everything
@@ -549,16 +548,13 @@ class Api:
                 meta = o["metadata"]
                 if "foregroundDeletion" in (meta.get("finalizers") or []) and not dependents_of.get(meta.get("uid")):
                     self._remove_finalizer(rd, o, "foregroundDeletion")
-                if rd.kind == "Namespace" and meta["name"] in terminating_ns:
-                    if not any(r.namespaced and o2["metadata"].get("namespace") == meta["name"]
-                               for r, o2 in everything):
-                        self.store.remove(rd.key, "", meta["name"])
+                if rd.kind == "Namespace" and meta["name"] in terminating_ns and not any(
+                        r.namespaced and o2["metadata"].get("namespace") == meta["name"] for r, o2 in everything):
+                    self.store.remove(rd.key, "", meta["name"])
 
     def _try_delete(self, rd: ResourceDef, o: dict[str, Any], options: dict[str, Any]) -> None:
-        try:
+        with contextlib.suppress(ApiError):  # already gone or blocked: the next pass looks again
             self.delete(rd, o["metadata"].get("namespace", ""), o["metadata"]["name"], options, False)
-        except ApiError:
-            pass
 
     def _remove_finalizer(self, rd: ResourceDef, o: dict[str, Any], fin: str) -> None:
         meta = o["metadata"]

@@ -73,7 +73,7 @@ def resolve(store: Store, ns: str, ref: str) -> tuple[str, int]:
     if not selector:
         raise errors.service_unavailable(f'no endpoints available for service "{name}"')
     sel = parse_label_selector(",".join(f"{k}={v}" for k, v in selector.items()))
-    pods, _ = store.list("pods", ns)
+    pods, _ = store.list_objects("pods", ns)
     for pod in pods:
         if labels_match(sel, pod) and _ready(pod):
             tp = _target_port(pod, port.get("targetPort", port.get("port")))

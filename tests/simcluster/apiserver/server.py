@@ -13,7 +13,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 import yaml
 
@@ -102,7 +102,7 @@ class _TLSServer(ThreadingHTTPServer):
         with self.conns_lock:
             self.conns.add(tls)
         try:
-            self.RequestHandlerClass(tls, client_address, self)
+            _Handler(tls, client_address, self)
         except (OSError, ssl.SSLError):
             pass
         finally:
@@ -246,9 +246,10 @@ class _Handler(BaseHTTPRequestHandler):
                         raise _Reply(200, doc)
                 elif route.group and not route.version and route.group in app.registry.groups():
                     raise _Reply(200, app.registry.api_group(route.group))
-            if route.group in app.registry.groups() or route.group == "":
-                if route.version in app.registry.versions(route.group) or (route.group == "" and route.version == "v1"):
-                    raise errors.resource_not_found()
+            known_gv = route.version in app.registry.versions(route.group) or (
+                route.group == "" and route.version == "v1")
+            if known_gv:
+                raise errors.resource_not_found()
             raise errors.page_not_found()
         verb = self._verb(route, query)
         rec.verb, rec.resource = verb, route.rd.key
@@ -283,9 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
             ns, rest = rest[1], rest[2:]
         plural = rest[0]
         rd = app.registry.lookup(group, version, plural)
-        if rd is None or (rd.virtual and ns is not None):
-            if rd is None:
-                raise errors.resource_not_found()
+        if rd is None:
+            raise errors.resource_not_found()
         name = rest[1] if len(rest) > 1 else ""
         sub = rest[2] if len(rest) > 2 else ""
         subpath = "/" + "/".join(rest[3:]) if len(rest) > 3 else ""
@@ -353,7 +353,8 @@ class _Handler(BaseHTTPRequestHandler):
             matcher = make_matcher(query.get("labelSelector"), query.get("fieldSelector"), rd.plural)
             if verb == "watch":
                 return self._watch(rd, route.namespace, matcher, query)
-            lst = app.api.list(rd, route.namespace, matcher, int(query.get("limit") or 0), query.get("continue", ""))
+            limit = int(query.get("limit") or 0)
+            lst = app.api.list_objects(rd, route.namespace, matcher, limit, query.get("continue", ""))
             if accepts_table(self.headers.get("Accept", "")):
                 raise _Reply(200, to_table(rd, lst, route.namespace is None and rd.namespaced))
             raise _Reply(200, lst)
@@ -416,7 +417,7 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         options = self._delete_options(query)
         matcher = make_matcher(query.get("labelSelector"), query.get("fieldSelector"), rd.plural)
-        lst = app.api.list(rd, ns, matcher)
+        lst = app.api.list_objects(rd, ns, matcher)
         for o in lst["items"]:
             with contextlib.suppress(ApiError):
                 app.api.delete(rd, o["metadata"].get("namespace", ""), o["metadata"]["name"], options, dry)
@@ -552,7 +553,7 @@ class ApiServer:
         self._stopping = threading.Event()
         self._httpd: Optional[_TLSServer] = None
         self._thread: Optional[threading.Thread] = None
-        self._log = None
+        self._log: Optional[TextIO] = None
         self.certs = make_certs(self.workdir / "pki", name)
         self.api = Api(self.store, self.registry, self.certs.ca_cert.read_text(), grace_slack_s)
 
@@ -646,8 +647,8 @@ class ApiServer:
             "apiVersion": "v1", "kind": "Config", "preferences": {},
             "clusters": [{"name": self.name, "cluster": {"server": self.url, "certificate-authority-data": ca_data}}],
             "users": [{"name": f"{self.name}-{user}", "user": {"token": self.tokens.token_for(user)}}],
-            "contexts": [{"name": f"{self.name}-{user}", "context": {"cluster": self.name, "user": f"{self.name}-{user}",
-                                                                    "namespace": namespace}}],
+            "contexts": [{"name": f"{self.name}-{user}",
+                          "context": {"cluster": self.name, "user": f"{self.name}-{user}", "namespace": namespace}}],
             "current-context": f"{self.name}-{user}",
         }
 

@@ -43,7 +43,7 @@ class Store:
             obj = self.table(resource).get((ns, name))
             return copy.deepcopy(obj) if obj is not None else None
 
-    def list(self, resource: str, ns: Optional[str] = None) -> tuple[list[dict[str, Any]], int]:
+    def list_objects(self, resource: str, ns: Optional[str] = None) -> tuple[list[dict[str, Any]], int]:
         with self.lock:
             items = [copy.deepcopy(o) for (ons, _), o in sorted(self.table(resource).items())
                      if ns is None or ons == ns]

@@ -107,7 +107,8 @@ COLUMNS: dict[str, list[Col]] = {
     "ConfigMap": [_NAME, ("Data", "integer", 0, lambda o: len(o.get("data") or {}) + len(o.get("binaryData") or {})),
                   _AGE],
     "Event": [("Last Seen", "string", 0, lambda o: o.get("lastTimestamp") or o.get("eventTime") or ""),
-              ("Type", "string", 0, lambda o: o.get("type", "")), ("Reason", "string", 0, lambda o: o.get("reason", "")),
+              ("Type", "string", 0, lambda o: o.get("type", "")),
+              ("Reason", "string", 0, lambda o: o.get("reason", "")),
               ("Object", "string", 0, lambda o: f"{(o.get('involvedObject') or {}).get('kind', '').lower()}/"
                                                 f"{(o.get('involvedObject') or {}).get('name', '')}"),
               ("Message", "string", 0, lambda o: o.get("message", ""))],

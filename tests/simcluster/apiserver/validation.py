@@ -60,9 +60,8 @@ def name_errors(kind: str, name: str, path: str = "metadata.name") -> list[Field
 def qualified_name_errors(key: str, path: str) -> list[FieldError]:
     errs: list[FieldError] = []
     prefix, _, name = key.rpartition("/")
-    if prefix:
-        if len(prefix) > 253 or not _full(_DNS1123_SUBDOMAIN, prefix):
-            errs.append(FieldError("Invalid", path, "prefix part " + SUBDOMAIN_MSG, key, True))
+    if prefix and (len(prefix) > 253 or not _full(_DNS1123_SUBDOMAIN, prefix)):
+        errs.append(FieldError("Invalid", path, "prefix part " + SUBDOMAIN_MSG, key, True))
     if not name:
         errs.append(FieldError("Invalid", path, "name part must be non-empty", key, True))
     elif len(name) > 63:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any, Callable, Optional
 
 from .resources import ResourceDef
@@ -51,12 +51,12 @@ def too_old(rv: int, oldest: int) -> dict[str, Any]:
 
 def stream(store: Store, rd: ResourceDef, ns: Optional[str], matcher: Matcher, resource_version: Optional[str],
            timeout_s: float, bookmarks: bool, send_initial: Optional[bool], is_stopping: Callable[[], bool],
-           bookmark_interval_s: float = 5.0) -> Iterator[dict[str, Any]]:
+           bookmark_interval_s: float = 5.0) -> Generator[dict[str, Any], None, None]:
     deadline = time.monotonic() + timeout_s
     initial: list[dict[str, Any]] = []
     with store.lock:
         if resource_version in (None, "", "0") or send_initial:
-            items, last = store.list(rd.key, ns)
+            items, last = store.list_objects(rd.key, ns)
             initial = [{"type": "ADDED", "object": _typed(rd, o)} for o in items if matcher(o)]
         else:
             try:
@@ -89,7 +89,7 @@ def stream(store: Store, rd: ResourceDef, ns: Optional[str], matcher: Matcher, r
                 # The watcher fell behind the window while blocked writing: the real server closes with 410 too.
                 yield too_old(last, store.oldest_available())
                 return
-            batch = list(pending)
+            batch: list[Event] = list(pending)
             if batch:
                 last = batch[-1].rv
         for ev in batch:
