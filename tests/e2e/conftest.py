@@ -1,0 +1,65 @@
+"""Session fixtures: the installed collection and a running simulated cluster.
+
+scripts/test-e2e.sh builds and installs the tarball, starts ``python -m simcluster up`` and pushes the test images,
+then passes ``E2E_COLLECTIONS_PATH`` and ``E2E_CLUSTER_DIR``. Run directly (``pytest tests/e2e``), the fixtures do the
+same themselves (tarball build + install into a temp dir, an in-process SimCluster), and stop what they started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Optional
+
+import pytest
+
+from e2e.support import REPO, VENV_BIN, Cluster, push_all
+from simcluster.cluster import SimCluster
+
+
+def _interrupt(_signum: int, _frame: Optional[FrameType]) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (scripts/test-e2e.sh's trap, CI timeouts) must still run the fixtures' teardown: the clusters they
+    # started run daemons and agent processes.
+    del config
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+@pytest.fixture(scope="session")
+def collections_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    given = os.environ.get("E2E_COLLECTIONS_PATH")
+    if given:
+        return Path(given)
+    work = tmp_path_factory.mktemp("collection")
+    tree = subprocess.run(["bash", str(REPO / "scripts" / "build-tree.sh")], capture_output=True, text=True,
+                          check=True, env={**os.environ, "BUILD_ROOT": str(work / "tree")}).stdout.strip()
+    subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "build", tree, "--output-path",
+                    str(work / "dist")], check=True, capture_output=True)
+    tarball = next((work / "dist").glob("stackrox-prefetch-*.tar.gz"))
+    subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "install", "--offline", str(tarball), "-p",
+                    str(work / "collections")], check=True, capture_output=True)
+    return work / "collections"
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    given = os.environ.get("E2E_CLUSTER_DIR")
+    if given:
+        yield Cluster(Path(given))
+        return
+    directory = tmp_path_factory.mktemp("sim")
+    with SimCluster(directory, nodes=3, name="sim") as sim:
+        push_all(sim.info["registry"]["upstream"])
+        yield Cluster(directory)
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

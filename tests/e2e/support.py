@@ -1,0 +1,198 @@
+"""Helpers of the end-to-end tests: test images, a handle on a running simulated cluster, ansible-playbook runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from infra.cri import CriClient
+from infra.images import push_test_image
+from simcluster.client import ApiClient, ApiError
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+REGISTRY = "registry.test:5000"
+
+# (repository, tag, MiB, layers): small, distinct content per image; every test uses its own images, so that
+# "present on the node" proves the test's own run pulled it.
+TEST_IMAGES: list[tuple[str, str, float, int]] = [
+    *[(f"e2e/app{i}", "v1", 1.0, 2) for i in range(5)],
+    ("e2e/stall", "v1", 3.0, 1),
+    ("e2e/keep0", "v1", 0.5, 1), ("e2e/keep1", "v1", 0.5, 1), ("e2e/new0", "v1", 0.5, 1),
+    ("e2e/ok", "v1", 0.5, 1), ("e2e/ocp", "v1", 0.5, 1), ("e2e/metrics", "v1", 0.5, 1),
+    ("e2e/idem", "v1", 0.5, 1), ("e2e/multi", "v1", 0.5, 1), ("e2e/gone", "v1", 0.5, 1),
+]
+
+
+def ref(repository: str, tag: str = "v1") -> str:
+    return f"{REGISTRY}/{repository}:{tag}"
+
+
+def push_all(upstream: str) -> list[str]:
+    """Pushes every test image to the registry at ``upstream`` (idempotent); returns their references."""
+    refs = []
+    for repository, tag, size, layers in TEST_IMAGES:
+        push_test_image(upstream, repository, tag, size_mib=size, layers=layers, seed=repository)
+        refs.append(ref(repository, tag))
+    return refs
+
+
+@dataclass
+class PlayResult:
+    rc: int
+    stdout: str
+    results: dict[str, Any]  # inventory host → images_result (only hosts whose play succeeded)
+
+    @property
+    def changed_total(self) -> int:
+        """Sum of ``changed=`` over the PLAY RECAP lines."""
+        total = 0
+        recap = self.stdout.split("PLAY RECAP", 1)[-1]
+        for word in recap.split():
+            if word.startswith("changed="):
+                total += int(word.split("=", 1)[1])
+        return total
+
+
+class Cluster:
+    """A running simulated cluster, from its cluster.json (started by scripts/test-e2e.sh or a fixture)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.info = json.loads((directory / "cluster.json").read_text())
+        self.kubeconfig = Path(self.info["kubeconfig"])
+        token = yaml.safe_load(self.kubeconfig.read_text())["users"][0]["user"]["token"]
+        self.api = ApiClient(self.info["api_url"], token, self.info["ca_path"], "e2e-tests")
+        self.agent_image = self.info["agent_image"]["image"]
+        self.agent_version = self.info["agent_image"]["version"]
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n["name"] for n in self.info["nodes"]]
+
+    def node(self, name: str) -> dict[str, Any]:
+        return next(n for n in self.info["nodes"] if n["name"] == name)
+
+    # ---- API request log ------------------------------------------------------------------------
+    def request_seq(self) -> int:
+        records = self.api.request("GET", "/_sim/requests")["requests"]
+        return max((int(r["seq"]) for r in records), default=0)
+
+    def writes_since(self, seq: int, user: Optional[str] = "admin") -> list[dict[str, Any]]:
+        records = self.api.request("GET", "/_sim/requests", query={"since": str(seq)})["requests"]
+        return [r for r in records if r["is_write"] and (user is None or r["user"] == user)]
+
+    def requests_since(self, seq: int, user: str = "admin") -> list[dict[str, Any]]:
+        records = self.api.request("GET", "/_sim/requests", query={"since": str(seq)})["requests"]
+        return [r for r in records if r["user"] == user]
+
+    # ---- nodes: containerd and proxies ----------------------------------------------------------
+    def image_present(self, node: str, image: str) -> bool:
+        """Through the node's CRI (ImageStatus), not through the agent."""
+        with CriClient(self.node(node)["address"]) as cri:
+            return cri.image_status(image) is not None
+
+    def ctr_images(self, node: str) -> list[str]:
+        out = subprocess.run(["ctr", "--address", self.node(node)["socket"], "-n", "k8s.io", "images", "ls", "-q"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        return out.split()
+
+    def remove_image(self, node: str, image: str) -> None:
+        subprocess.run(["ctr", "--address", self.node(node)["socket"], "-n", "k8s.io", "images", "rm", image],
+                       capture_output=True, text=True, timeout=60, check=False)
+
+    def proxy(self, node: str, method: str, route: str, body: Any = None) -> Any:
+        url = self.node(node)["proxy_control_url"].rstrip("/") + "/" + route
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"null")
+
+    def proxy_requests(self, node: str) -> list[dict[str, Any]]:
+        return list(self.proxy(node, "GET", "requests"))
+
+    def clear_proxy_requests(self) -> None:
+        for node in self.node_names:
+            self.proxy(node, "DELETE", "requests")
+
+    # ---- objects --------------------------------------------------------------------------------
+    def get(self, kind: str, name: str, namespace: Optional[str] = None) -> Optional[dict[str, Any]]:
+        return self.api.get_or_none(kind, name, namespace)
+
+    def raw_get(self, path: str) -> Optional[dict[str, Any]]:
+        try:
+            result: dict[str, Any] = self.api.request("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
+    def pods(self, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+        return list(self.api.list("Pod", namespace, label_selector=label_selector)["items"])
+
+    def node_labels(self) -> dict[str, dict[str, str]]:
+        return {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in self.api.list("Node")["items"]}
+
+
+def role_vars(cluster: Cluster, name: str, images: list[str], **extra: Any) -> dict[str, Any]:
+    """Host variables for one cluster: short agent timeouts keep failing runs brief."""
+    values: dict[str, Any] = {
+        "images_kubeconfig": str(cluster.kubeconfig), "images_name": name, "images_namespace": name,
+        "images_list": images, "images_image": cluster.agent_image, "images_version": cluster.agent_version,
+        "images_initial_pull_attempt_timeout": "3s", "images_overall_timeout": "60s",
+        "images_initial_pull_attempt_delay": "500ms", "images_timeout": 150,
+    }
+    values.update(extra)
+    return values
+
+
+def write_inventory(path: Path, hosts: dict[str, dict[str, Any]]) -> Path:
+    inventory = {"all": {"children": {"clusters": {"hosts": {
+        host: {"ansible_connection": "local", "ansible_python_interpreter": str(VENV_BIN / "python"), **values}
+        for host, values in hosts.items()}}}}}
+    path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    return path
+
+
+def run_playbook(workdir: Path, collections_path: Path, hosts: dict[str, dict[str, Any]],
+                 check: bool = False, timeout_s: int = 400) -> PlayResult:
+    """``ansible-playbook stackrox.prefetch.prefetch`` (as installed from the tarball) on an inventory whose
+    ``clusters`` group holds ``hosts``; a second play saves each host's ``images_result`` as JSON."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    inventory = write_inventory(workdir / "inventory.yml", hosts)
+    results_dir = workdir / "results"
+    results_dir.mkdir(exist_ok=True)
+    for old in results_dir.glob("*.json"):
+        old.unlink()
+    wrapper = workdir / "play.yml"
+    wrapper.write_text(yaml.safe_dump([
+        {"import_playbook": "stackrox.prefetch.prefetch"},
+        {"name": "Save the results", "hosts": "clusters", "gather_facts": False, "tasks": [
+            {"name": "Save images_result", "delegate_to": "localhost", "ansible.builtin.copy": {
+                "content": "{{ images_result | default({}) | to_json }}",
+                "dest": f"{results_dir}/{{{{ inventory_hostname }}}}.json", "mode": "0644"}}]},
+    ], sort_keys=False))
+    env = dict(os.environ)
+    env.update({"ANSIBLE_COLLECTIONS_PATH": str(collections_path), "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_RETRY_FILES_ENABLED": "False",
+                "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp"), "ANSIBLE_FORKS": "5",
+                "PATH": f"{VENV_BIN}:{env.get('PATH', '')}"})
+    env.pop("K8S_AUTH_KUBECONFIG", None)
+    command = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(wrapper)]
+    if check:
+        command.append("--check")
+    proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout_s,
+                          check=False)
+    stdout = proc.stdout + proc.stderr
+    (workdir / "ansible.log").write_text(stdout)
+    results = {p.stem: json.loads(p.read_text() or "{}") for p in results_dir.glob("*.json")}
+    return PlayResult(proc.returncode, stdout, results)
