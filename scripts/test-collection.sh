@@ -90,9 +90,10 @@ tarballs=("$work"/dist/stackrox-prefetch-*.tar.gz)
 tarball=${tarballs[0]}
 
 tarball_content() {
-  python3 - "$tarball" "$collection" "${MODULES[@]}" <<'EOF'
+  "$venv/python" - "$tarball" "$top" "${MODULES[@]}" <<'EOF'
 import json, os, sys, tarfile
-tarball, tree, modules = sys.argv[1], sys.argv[2], sys.argv[3:]
+from pathlib import Path
+tarball, top, modules = sys.argv[1], sys.argv[2], sys.argv[3:]
 with tarfile.open(tarball) as tar:
     names = {m.name for m in tar.getmembers() if m.isfile()}
     files = json.load(tar.extractfile("FILES.json"))["files"]
@@ -108,24 +109,22 @@ allowed_tests = {"unit", "integration", "sanity", "config.yml"}
 problems += [f"not a collection test (add it to build_ignore): {n}" for n in sorted(names)
              if n.startswith("tests/") and n.split("/")[1] not in allowed_tests]
 problems += [f"compiled file: {n}" for n in names if n.endswith(".pyc") or "__pycache__" in n]
-# The build tree ansible-test runs in holds the same files (plus galaxy.yml).
-tree_files = set()
-for root, dirs, fs in os.walk(tree):
-    rel = os.path.relpath(root, tree)
-    dirs[:] = [d for d in dirs if os.path.normpath(os.path.join(rel, d)) not in ("tests/output", ".git", ".ansible")]
-    dirs[:] = [d for d in dirs if d != "__pycache__"]
-    tree_files |= {os.path.normpath(os.path.join(rel, f)) for f in fs if not f.endswith(".pyc")}
+# scripts/build_tree.py (which makes the tree every ansible-test run uses) selects the same files as the tarball,
+# plus galaxy.yml. Computed now from the source, not read from the tree, so files others add meanwhile do not count.
+sys.path.insert(0, os.path.join(top, "scripts"))
+from build_tree import collection_files
+tree_files = set(collection_files(Path(top))) - {"galaxy.yml"}
 tar_files = {f["name"] for f in files if f["ftype"] == "file"}
-for extra in sorted(tree_files - tar_files - {"galaxy.yml"}):
-    problems.append(f"in the build tree, not in the tarball: {extra}")
+for extra in sorted(tree_files - tar_files):
+    problems.append(f"build_tree.py selects it, the tarball lacks it: {extra}")
 for missing in sorted(tar_files - tree_files):
-    problems.append(f"in the tarball, not in the build tree: {missing}")
+    problems.append(f"in the tarball, build_tree.py does not select it: {missing}")
 print(f"{tarball}: {len(names)} files, {os.path.getsize(tarball)} bytes")
 print("\n".join(problems))
 sys.exit(1 if problems else 0)
 EOF
 }
-needs tarball-content galaxy-build build-tree && step tarball-content tarball_content
+needs tarball-content galaxy-build && step tarball-content tarball_content
 
 install() {
   ansible-galaxy collection install --offline -p "$work/collections" "$tarball"

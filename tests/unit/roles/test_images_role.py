@@ -22,6 +22,7 @@ INTERNAL_VARS = {
     "images_rollout",
     "images_result",
     "images_wait",
+    "images_deleted",
 }
 
 
