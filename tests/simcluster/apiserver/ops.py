@@ -298,7 +298,7 @@ class Api:
                 new["metadata"]["managedFields"] = meta.get("managedFields", [])
             meta = new["metadata"]
         else:
-            if rd.has_status() and rd.kind != "Service":
+            if rd.has_status():
                 if "status" in old:
                     new["status"] = copy.deepcopy(old["status"])
                 else:
