@@ -409,8 +409,10 @@ def test_kubectl_end_to_end(srv: ApiServer, kubeconfig: Path, tmp_path: Path) ->
     assert node["metadata"]["labels"]["image-prefetcher.stackrox.io/x"] == "succeeded"
     p = kubectl(kubeconfig, "get", "foos")
     assert p.returncode != 0 and 'the server doesn\'t have a resource type "foos"' in p.stderr
-    p = kubectl(kubeconfig, "delete", "-f", str(manifest), "--timeout=20s")
-    assert p.returncode == 0, p.stderr
+    p = kubectl(kubeconfig, "delete", "ds", "prefetch", "-n", "kc", "--timeout=20s")
+    assert p.returncode == 0 and 'daemonset.apps "prefetch" deleted' in p.stdout, p.stderr
+    p = kubectl(kubeconfig, "delete", "-f", str(manifest), "--ignore-not-found", "--timeout=20s")
+    assert p.returncode == 0 and 'namespace "kc" deleted' in p.stdout, p.stderr
     assert call(srv, "GET", "/api/v1/namespaces/kc").status == 404
 
 

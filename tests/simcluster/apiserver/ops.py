@@ -71,6 +71,8 @@ class Api:
         self._stop = threading.Event()
         self._reaper: Optional[threading.Thread] = None
         self._ip_counter = 10
+        self._reaped_rv = -1
+        self._deletions_pending = False
         # Serialises read-modify-write sequences; the store lock alone only covers single operations.
         self.write_lock = threading.RLock()
 
@@ -511,8 +513,15 @@ class Api:
                 print(f"simcluster apiserver: gc error: {e!r}", flush=True)
 
     def reap_once(self) -> None:
-        """One pass of the garbage collector, namespace controller and expired graceful deletions."""
+        """One pass of the garbage collector, namespace controller and expired graceful deletions.
+
+        Skipped while nothing changed and no deletion is pending, to keep an idle server off the shared CPUs.
+        """
         with self.write_lock:
+            if self.store.rv == self._reaped_rv and not self._deletions_pending:
+                return
+            self._reaped_rv = self.store.rv
+            self._deletions_pending = False
             everything: list[tuple[ResourceDef, dict[str, Any]]] = []
             for rd in self.registry.defs:
                 if rd.virtual:
@@ -532,6 +541,8 @@ class Api:
                 refs = meta.get("ownerReferences") or []
                 for r in refs:
                     dependents_of[r.get("uid", "")] = dependents_of.get(r.get("uid", ""), 0) + 1
+                if meta.get("deletionTimestamp"):
+                    self._deletions_pending = True
                 if rd.kind == "Pod" and meta.get("deletionTimestamp") and meta.get("deletionGracePeriodSeconds"):
                     if parse_rfc3339(meta["deletionTimestamp"]) + self.grace_slack_s <= now:
                         self.store.remove(rd.key, ns, meta["name"])
