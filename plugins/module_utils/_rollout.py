@@ -333,10 +333,14 @@ def pull_failure_message(nodes: list[dict[str, Any]]) -> str:
 
 
 def _nodes_with(nodes: list[dict[str, Any]], statuses: tuple[str, ...], with_message: bool) -> list[str]:
+    """Node names; with_message, nodes that share a message are listed once: ``n1, n2 (ErrImagePull: ...)``."""
     picked = [report for report in nodes if report["status"] in statuses]
-    if with_message:
-        return [f"{report['node']} ({report['message']})" for report in picked]
-    return [str(report["node"]) for report in picked]
+    if not with_message:
+        return [str(report["node"]) for report in picked]
+    by_message: dict[str, list[str]] = {}
+    for report in picked:
+        by_message.setdefault(str(report["message"]), []).append(str(report["node"]))
+    return [f"{', '.join(names)} ({message})" for message, names in by_message.items()]
 
 
 def timeout_message(
@@ -376,13 +380,17 @@ def warning_events(events: list[dict[str, Any]], names: set[str]) -> list[str]:
     def when(event: dict[str, Any]) -> str:
         return str(event.get("lastTimestamp") or event.get("eventTime") or _meta(event).get("creationTimestamp") or "")
 
-    lines: list[str] = []
+    grouped: dict[tuple[str, str, str], list[str]] = {}
     for event in sorted(relevant, key=when, reverse=True):
         involved = event.get("involvedObject") or {}
-        message = _shorten(event.get("message") or "")
-        line = f"{involved.get('kind')} {involved.get('name')}: {event.get('reason')}: {message}"
-        if line not in lines:
-            lines.append(line)
+        key = (str(involved.get("kind")), str(event.get("reason")), _shorten(event.get("message") or ""))
+        objects = grouped.setdefault(key, [])
+        if involved.get("name") not in objects:
+            objects.append(str(involved.get("name")))
+    lines = []
+    for (kind, reason, message), objects in grouped.items():
+        more = f" (+{len(objects) - 1} more)" if len(objects) > 1 else ""
+        lines.append(f"{kind} {objects[0]}{more}: {reason}: {message}")
     return lines
 
 
@@ -631,13 +639,16 @@ class RolloutWaiter:
             raise RolloutError(f"{self.target} was deleted while waiting for it", {})
         progress = rollout_complete(state.daemonset, list(state.pods.values()))
         if progress.no_nodes:
-            events = self._warning_events(state)
+            events = self._warning_events(state, {self.name, *state.pods.keys()})
             raise RolloutError(no_nodes_message(self.target, state.daemonset, events), self.report(state))
         return progress
 
     def _fail_timeout(self, state: WatchState, progress: Progress) -> None:
         report = self.report(state, with_expected_nodes=True)
-        message = timeout_message(self.target, self.timeout, progress, report["nodes"], self._warning_events(state))
+        # Pulling and pending pods already say why; events explain the DaemonSet and pods that never started.
+        unexplained = {node["pod"] for node in report.get("nodes", []) if node["status"] in ("not_started", "unknown")}
+        events = self._warning_events(state, {self.name} | {pod for pod in unexplained if pod})
+        message = timeout_message(self.target, self.timeout, progress, report["nodes"], events)
         raise RolloutError(message, report)
 
     def report(self, state: WatchState, with_expected_nodes: bool = False) -> dict[str, Any]:
@@ -657,12 +668,12 @@ class RolloutWaiter:
             return None
         return eligible_nodes(nodes, spec)
 
-    def _warning_events(self, state: WatchState) -> list[str]:
+    def _warning_events(self, state: WatchState, names: set[str]) -> list[str]:
         try:
             items, _ = self.cluster.list_objects(self.cluster.resource_for("v1", "Event"), self.namespace)
         except (ForbiddenError, NotFoundError):
             return []
-        return warning_events(items, {self.name, *state.pods.keys()})
+        return warning_events(items, names)
 
     def fetch_metrics(self, port: str) -> list[dict[str, Any]]:
         path = metrics_path(self.namespace, self.name, port)

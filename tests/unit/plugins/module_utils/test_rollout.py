@@ -649,3 +649,26 @@ def test_waiter_fails_at_once_when_no_node_matches() -> None:
         waiter.wait(start)
     assert "PodSecurity" in str(raised.value)
     assert raised.value.result["nodes"] == []
+
+
+def test_timeout_message_lists_nodes_with_the_same_reason_once() -> None:
+    waiting = {"waiting": {"reason": "ErrImagePull", "message": "agent:v9 not found"}}
+    pods = [pod("a", "n1", waiting, phase="Pending"), pod("b", "n2", waiting, phase="Pending")]
+    report = build_report(daemonset(), pods)
+    progress = rollout_complete(daemonset(available=0), pods)
+    message = timeout_message("DaemonSet p/imgs", 60, progress, report["nodes"], [])
+    assert message.endswith("not started: n1, n2 (ErrImagePull: agent:v9 not found)")
+
+
+def test_warning_events_of_several_pods_with_one_cause_are_one_line() -> None:
+    events = [
+        {
+            "type": "Warning",
+            "reason": "FailedMount",
+            "message": 'secret "pull" not found',
+            "lastTimestamp": f"2026-11-24T10:0{index}:00Z",
+            "involvedObject": {"kind": "Pod", "name": name},
+        }
+        for index, name in enumerate(["a", "b", "c"])
+    ]
+    assert warning_events(events, {"a", "b", "c"}) == ['Pod c (+2 more): FailedMount: secret "pull" not found']
