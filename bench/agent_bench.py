@@ -5,6 +5,8 @@ per request, 25 MiB/s per connection), 20 images of ~10 MiB with three layers ea
   * agent       - ``image-prefetcher fetch`` with all 20 images (wall time, peak RSS and CPU seconds via wait4)
   * sequential  - a PullImage loop, one image after the other (the naive baseline)
   * parallel_ctr- 20 concurrent ``ctr -n k8s.io images pull --hosts-dir ...`` (the practical limit)
+  * gather      - extra reference: an in-process ``asyncio.gather`` of 20 PullImage calls on one grpc.aio channel
+                  (what the agent does, minus its process start, logging and bookkeeping)
   * stall       - the agent again, with the first attempt of every image stalled (manifest request never answered);
                   compared against initial-attempt-timeout + initial-delay + the normal agent time
   * rss_500     - the agent pulling 500 tiny distinct images (one 4 KiB layer each) straight from the registry
@@ -107,6 +109,24 @@ def run_parallel_ctr(node: ContainerdNode, refs: Sequence[str]) -> float:
     return round(time.monotonic() - started, 3)
 
 
+def run_gather(node: ContainerdNode, refs: Sequence[str]) -> float:
+    import asyncio
+
+    import grpc
+
+    from infra.cri import cri_pb2, cri_pb2_grpc
+
+    async def pull_all() -> None:
+        async with grpc.aio.insecure_channel(node.address) as channel:
+            stub = cri_pb2_grpc.ImageServiceStub(channel)
+            await asyncio.gather(*(stub.PullImage(cri_pb2.PullImageRequest(image=cri_pb2.ImageSpec(image=ref)),
+                                                  timeout=300) for ref in refs))
+
+    started = time.monotonic()
+    asyncio.run(pull_all())
+    return round(time.monotonic() - started, 3)
+
+
 class Bench:
     def __init__(self, workdir: Path, registry: Registry, proxy: FaultProxy) -> None:
         self.workdir = workdir
@@ -171,10 +191,12 @@ def measure(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     agent_runs: list[dict[str, Any]] = []
     sequential: list[float] = []
     parallel: list[float] = []
+    gather: list[float] = []
     for _ in range(args.rounds):
         agent_runs.append(bench.on_fresh_node(bench.proxy.host, lambda n: run_agent(n, refs, bench.workdir)))
         sequential.append(bench.on_fresh_node(bench.proxy.host, lambda n: run_sequential(n, refs)))
         parallel.append(bench.on_fresh_node(bench.proxy.host, lambda n: run_parallel_ctr(n, refs)))
+        gather.append(bench.on_fresh_node(bench.proxy.host, lambda n: run_gather(n, refs)))
     agent_s = median([r["seconds"] for r in agent_runs])
     limit_s, sequential_s = median(parallel), median(sequential)
     stall = bench.stall_run(refs)
@@ -195,6 +217,8 @@ def measure(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
         "sequential_pullimage_s": sequential_s,
         "parallel_ctr_s": limit_s,
         **ratios,
+        "gather_pullimage_s": median(gather),
+        "agent_to_gather": round(agent_s / median(gather), 3),
         "agent_peak_rss_mib": max(r["peak_rss_mib"] for r in agent_runs),
         "agent_cpu_s": median([r["cpu_s"] for r in agent_runs]),
         "stall": {"seconds": stall["seconds"], "bound_s": round(stall_bound, 3), "attempts": stall["attempts"],
@@ -205,7 +229,7 @@ def measure(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
                            "Always policy straight from the registry (no proxy)"},
         "targets": {name: {"target": TARGETS[name], "met": value <= TARGETS[name]}
                     for name, value in [*ratios.items(), ("rss_500_mib", rss["peak_rss_mib"])]},
-        "runs": {"agent": agent_runs, "sequential_s": sequential, "parallel_ctr_s": parallel},
+        "runs": {"agent": agent_runs, "sequential_s": sequential, "parallel_ctr_s": parallel, "gather_s": gather},
     }
 
 
