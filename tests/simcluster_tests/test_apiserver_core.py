@@ -482,3 +482,22 @@ def test_kubeconfig_is_accepted_with_verification(srv: ApiServer, tmp_path: Path
     assert cfg.verify_ssl is True
     with client.ApiClient(cfg) as c:
         assert client.VersionApi(c).get_code().major == "1"
+
+
+def test_go_style_booleans_and_dry_run_in_delete_options(srv: ApiServer, ns: str) -> None:
+    """The Python client sends ``force=True``/``watch=True``; DeleteOptions may carry ``dryRun`` in the body."""
+    path = f"/api/v1/namespaces/{ns}/configmaps/b1"
+    cfg = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b1"}, "data": {"a": "1"}}
+    assert call(srv, "PATCH", path + "?fieldManager=one", cfg, "application/apply-patch+yaml").status == 201
+    cfg["data"]["a"] = "2"
+    assert call(srv, "PATCH", path + "?fieldManager=two", cfg, "application/apply-patch+yaml").status == 409
+    r = call(srv, "PATCH", path + "?fieldManager=two&force=True", cfg, "application/apply-patch+yaml")
+    assert r.status == 200 and r.json()["data"] == {"a": "2"}
+    r = call(srv, "GET", f"/api/v1/namespaces/{ns}/configmaps?watch=True&timeoutSeconds=1")
+    assert json.loads(r.raw.splitlines()[0])["type"] == "ADDED"
+    start = max(x.seq for x in srv.requests)
+    r = call(srv, "DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1", "dryRun": ["All"],
+                                   "propagationPolicy": "Background"})
+    assert r.status == 200
+    assert call(srv, "GET", path).status == 200
+    assert [x.dry_run for x in srv.requests if x.seq > start and x.method == "DELETE"] == [True]

@@ -34,6 +34,11 @@ VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-simcluster", "git
            "compiler": "gc", "platform": "linux/amd64"}
 
 
+def query_bool(query: dict[str, str], key: str) -> bool:
+    """Booleans as Go's strconv.ParseBool reads them (the Python client sends ``True``)."""
+    return query.get(key, "") in ("1", "t", "T", "true", "TRUE", "True")
+
+
 @dataclass
 class RequestRecord:
     seq: int
@@ -180,6 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
                             query.get("dryRun") == "All")
         # Read the whole body first: an error answered before reading it would desync a keep-alive connection.
         self._raw_body = self._body()
+        if self.command == "DELETE" and b'"dryRun"' in self._raw_body:
+            with contextlib.suppress(ValueError, AttributeError):  # DeleteOptions may carry dryRun in the body
+                rec.dry_run = rec.dry_run or json.loads(self._raw_body).get("dryRun") == ["All"]
         try:
             code = self._handle(url.path, query, rec)
         except ApiError as e:
@@ -305,7 +313,7 @@ class _Handler(BaseHTTPRequestHandler):
         if m in ("GET", "HEAD"):
             if route.name:
                 return "get"
-            return "watch" if query.get("watch") in ("true", "1") else "list"
+            return "watch" if query_bool(query, "watch") else "list"
         if m == "POST":
             return "create"
         if m == "PUT":
@@ -383,7 +391,7 @@ class _Handler(BaseHTTPRequestHandler):
             raw = self._read_body()
             ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
             is_apply = ctype == "application/apply-patch+yaml"
-            force = query.get("force") in ("true", "1")
+            force = query_bool(query, "force")
             if force and not is_apply:
                 raise errors.ApiError(422, "Invalid", 'PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: '
                                                       "may not be specified for non-apply patch", {})
@@ -393,7 +401,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Reply(res.code, res.obj, res.warnings)
         if verb == "delete":
             options = self._delete_options(query)
-            res = app.api.delete(rd, ns, route.name, options, dry)
+            res = app.api.delete(rd, ns, route.name, options, dry or options.get("dryRun") == ["All"])
             raise _Reply(res.code, res.obj)
         if verb == "deletecollection":
             return self._delete_collection(rd, route.namespace, query, dry)
@@ -509,8 +517,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _watch(self, rd: ResourceDef, ns: Optional[str], matcher: Any, query: dict[str, str]) -> int:
         app = self.server.app
         timeout = float(query.get("timeoutSeconds") or 1800)
-        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
-        send_initial = query.get("sendInitialEvents") in ("true", "1")
+        bookmarks = query_bool(query, "allowWatchBookmarks")
+        send_initial = query_bool(query, "sendInitialEvents")
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
