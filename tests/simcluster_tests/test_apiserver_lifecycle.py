@@ -181,6 +181,21 @@ def test_stop_ends_open_watches_and_threads(tmp_path: Path) -> None:
     assert not leftover
 
 
+def test_watch_ends_when_client_disconnects(srv: ApiServer, ns: str) -> None:
+    import http.client
+    import ssl
+
+    conn = http.client.HTTPSConnection("127.0.0.1", srv.port,
+                                       context=ssl.create_default_context(cafile=str(srv.ca_path)))
+    path = f"/api/v1/namespaces/{ns}/secrets"
+    conn.request("GET", f"{path}?watch=true&timeoutSeconds=600",
+                 headers={"Authorization": f"Bearer {srv.admin_token}"})
+    assert conn.getresponse().status == 200
+    conn.close()
+    # the request is logged when its handler finishes: well before the 600 s timeout
+    assert wait_for(lambda: any(r.path == path and "watch=true" in r.query for r in srv.requests), 10)
+
+
 # --- garbage collection and deletion --------------------------------------------------------------------
 
 def test_gc_deletes_pods_of_deleted_daemonset(srv: ApiServer, api: client.ApiClient, ns: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import select
 import socket
 import ssl
 import threading
@@ -514,6 +515,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(resp.status, resp.body, ctype, extra=extra)
         return resp.status
 
+    def _client_gone(self) -> bool:
+        """A watch client never sends anything after its request: a readable socket means it closed (or sent a
+        TLS close_notify), so the stream can end instead of holding a thread until its timeout."""
+        try:
+            return bool(select.select([self.connection], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
     def _watch(self, rd: ResourceDef, ns: Optional[str], matcher: Any, query: dict[str, str]) -> int:
         app = self.server.app
         timeout = float(query.get("timeoutSeconds") or 1800)
@@ -525,7 +534,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache, private")
         self.end_headers()
         events = watch.stream(app.store, rd, ns, matcher, query.get("resourceVersion"), timeout, bookmarks,
-                              send_initial or None, app.is_stopping, app.bookmark_interval_s)
+                              send_initial or None, lambda: app.is_stopping() or self._client_gone(),
+                              app.bookmark_interval_s)
         try:
             for ev in events:
                 data = json.dumps(ev, separators=(",", ":")).encode() + b"\n"
