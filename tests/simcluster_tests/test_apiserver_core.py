@@ -487,7 +487,7 @@ def test_kubeconfig_is_accepted_with_verification(srv: ApiServer, tmp_path: Path
 def test_go_style_booleans_and_dry_run_in_delete_options(srv: ApiServer, ns: str) -> None:
     """The Python client sends ``force=True``/``watch=True``; DeleteOptions may carry ``dryRun`` in the body."""
     path = f"/api/v1/namespaces/{ns}/configmaps/b1"
-    cfg = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b1"}, "data": {"a": "1"}}
+    cfg: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b1"}, "data": {"a": "1"}}
     assert call(srv, "PATCH", path + "?fieldManager=one", cfg, "application/apply-patch+yaml").status == 201
     cfg["data"]["a"] = "2"
     assert call(srv, "PATCH", path + "?fieldManager=two", cfg, "application/apply-patch+yaml").status == 409
