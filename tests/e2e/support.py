@@ -177,7 +177,8 @@ def run_playbook(workdir: Path, collections_path: Path, hosts: dict[str, dict[st
     wrapper.write_text(yaml.safe_dump([
         {"import_playbook": "stackrox.prefetch.prefetch"},
         {"name": "Save the results", "hosts": "clusters", "gather_facts": False, "tasks": [
-            {"name": "Save images_result", "delegate_to": "localhost", "ansible.builtin.copy": {
+            {"name": "Save images_result", "delegate_to": "localhost", "changed_when": False,
+             "ansible.builtin.copy": {
                 "content": "{{ images_result | default({}) | to_json }}",
                 "dest": f"{results_dir}/{{{{ inventory_hostname }}}}.json", "mode": "0644"}}]},
     ], sort_keys=False))
