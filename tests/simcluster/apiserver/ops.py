@@ -321,7 +321,9 @@ class Api:
             if rd.kind in WORKLOAD_KINDS and new.get("spec") != old.get("spec"):
                 meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
         self._validate(rd, new, old)
-        warnings = self._admit(rd, ns, new) if opts.subresource == "" else []
+        # Pod Security ignores status writes and pod updates that leave the spec alone (e.g. label changes).
+        spec_unchanged = rd.kind == "Pod" and new.get("spec") == old.get("spec")
+        warnings = self._admit(rd, ns, new) if opts.subresource == "" and not spec_unchanged else []
         if not apply_managed:
             meta["managedFields"] = copy.deepcopy(old["metadata"].get("managedFields") or [])
             apply.record_update(old, new, opts.manager, rd.api_version, rd.kind, opts.subresource)
