@@ -36,7 +36,7 @@ trap 'exit 143' TERM
 say "building the collection tarball and installing it into $work/collections"
 tree=$(BUILD_ROOT="$work/tree" bash scripts/build-tree.sh 2>/dev/null)
 .venv/bin/ansible-galaxy collection build "$tree" --output-path "$work/dist" >/dev/null
-.venv/bin/ansible-galaxy collection install --offline "$work"/dist/stackrox-prefetch-*.tar.gz -p "$work/collections" >/dev/null
+ANSIBLE_COLLECTIONS_PATH="$work/collections" .venv/bin/ansible-galaxy collection install --offline "$work"/dist/stackrox-prefetch-*.tar.gz -p "$work/collections" >/dev/null
 ls "$work"/dist
 
 say "starting a registry and a simulated 3-node cluster (API server, containerd per node) in $work/cluster"

@@ -42,7 +42,7 @@ start=$(date +%s)
 log "building and installing the collection tarball"
 tree=$(BUILD_ROOT="$work/tree" bash scripts/build-tree.sh)
 .venv/bin/ansible-galaxy collection build "$tree" --output-path "$work/dist" >/dev/null
-.venv/bin/ansible-galaxy collection install --offline "$work"/dist/stackrox-prefetch-*.tar.gz -p "$work/collections" >/dev/null
+ANSIBLE_COLLECTIONS_PATH="$work/collections" .venv/bin/ansible-galaxy collection install --offline "$work"/dist/stackrox-prefetch-*.tar.gz -p "$work/collections" >/dev/null
 
 log "starting the simulated cluster in $work/cluster"
 mkdir -p "$work/cluster"
