@@ -197,3 +197,9 @@ def test_dest_in_a_missing_directory_fails(tmp_path: Path) -> None:
 def test_dest_that_is_a_directory_fails(tmp_path: Path) -> None:
     result = fail(base_args(dest=str(tmp_path)))
     assert result["msg"] == f"dest {str(tmp_path)!r} is a directory, not a file"
+
+
+def test_missing_pyyaml_fails_cleanly() -> None:
+    with mock.patch.object(manifest, "HAS_YAML", False):
+        result = fail(base_args())
+    assert "PyYAML" in result["msg"]
