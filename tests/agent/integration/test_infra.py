@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import http.server
 import socket
 import threading
 import time
@@ -167,3 +168,40 @@ def test_containerd_node_pulls_through_mapping_survives_restart(
         node.remove_image(ref)
         assert not node.image_present(ref)
     assert node.pid is None
+
+
+class _ChunkedHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    chunks = [b"a" * 70_000, b"b" * 5, b"c" * 123_456]
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for chunk in self.chunks:
+            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_chunked_bodies_and_keep_alive_pass_through() -> None:
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ChunkedHandler)
+    serving = threading.Thread(target=upstream.serve_forever, daemon=True)
+    serving.start()
+    try:
+        with FaultProxy(upstream=f"127.0.0.1:{upstream.server_address[1]}") as px:
+            hostname, _, port = px.host.rpartition(":")
+            conn = http.client.HTTPConnection(hostname, int(port), timeout=10)
+            for _ in range(2):  # the same client connection twice: keep-alive through the proxy
+                conn.request("GET", "/chunked")
+                assert conn.getresponse().read() == b"".join(_ChunkedHandler.chunks)
+            conn.close()
+            assert [r.conn for r in px.requests] == [px.requests[0].conn] * 2
+            px.add_rule(Rule(path="/chunked", action="close_mid_body", after_bytes=80_000, times=1))
+            with pytest.raises(http.client.IncompleteRead):
+                http_get(px.host, "/chunked")
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
