@@ -139,6 +139,17 @@ class _TokenBucket:
             await asyncio.sleep(-self.tokens / self.rate)
 
 
+def _connection_bucket(bucket: Optional[_TokenBucket], rate_bps: Optional[int]) -> Optional[_TokenBucket]:
+    if not rate_bps:
+        return None
+    if bucket is None:
+        return _TokenBucket(rate_bps)
+    if bucket.rate != rate_bps:
+        bucket.rate = float(rate_bps)
+        bucket.burst = max(16 << 10, bucket.rate / 20)
+    return bucket
+
+
 class _ClientGone(Exception):
     """The downstream client closed its connection."""
 
@@ -348,15 +359,15 @@ class FaultProxy:
             self._record(RequestRecord("", "", "", "stall_accept", conn_id, time.time()))
             await self._hold(reader)
             return
-        bucket = _TokenBucket(self.bandwidth_bps) if self.bandwidth_bps else None
+        bucket: Optional[_TokenBucket] = None
         upstream: list[Optional[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = [None]
         try:
             while True:
                 head = await _read_head(reader)
                 if head is None:
                     return
-                if bucket is not None and self.bandwidth_bps:
-                    bucket.rate = float(self.bandwidth_bps)
+                # re-read per request: configure() also applies to kept-alive connections
+                bucket = _connection_bucket(bucket, self.bandwidth_bps)
                 keep_going = await self._serve_request(conn_id, head, reader, writer, upstream, bucket)
                 if not keep_going:
                     return

@@ -115,10 +115,19 @@ def test_bandwidth_limit_and_slow_rule(images: dict[str, TestImage], proxy: Faul
     status, body = http_get(proxy.host, blob_target(images["gamma"]))
     assert status == 200 and body == layer.data
     assert time.monotonic() - started >= 0.4  # half a second at the configured rate, minus the initial burst
-    proxy.configure(bandwidth_bps=len(layer.data) * 4, latency_s=0.2)
-    started = time.monotonic()
-    assert http_get(proxy.host, blob_target(images["gamma"]))[0] == 200
-    assert time.monotonic() - started >= 0.2 + 0.2
+    hostname, _, port = proxy.host.rpartition(":")
+    conn = http.client.HTTPConnection(hostname, int(port), timeout=10)
+    try:
+        conn.request("GET", blob_target(images["gamma"]))
+        assert conn.getresponse().read() == layer.data
+        proxy.configure(bandwidth_bps=len(layer.data) * 4, latency_s=0.2)  # applies to this kept-alive connection
+        started = time.monotonic()
+        conn.request("GET", blob_target(images["gamma"]))
+        assert conn.getresponse().read() == layer.data
+        assert time.monotonic() - started >= 0.2 + 0.2
+    finally:
+        conn.close()
+    assert len({r.conn for r in proxy.requests[1:]}) == 1
 
 
 def test_control_endpoint_sets_rules_and_reads_records(images: dict[str, TestImage], proxy: FaultProxy) -> None:
