@@ -86,7 +86,7 @@ info = json.load(open(sys.argv[1]))
 for node in info["nodes"]:
     out = subprocess.run(["ctr", "--address", node["socket"], "-n", "k8s.io", "images", "ls", "-q"],
                          capture_output=True, text=True, check=True).stdout.split()
-    demo = sorted(i for i in out if i.startswith("registry.test:5000/demo/"))
+    demo = sorted(i for i in out if i.startswith("registry.test:5000/demo/") and "@" not in i)
     print(f"{node['name']}: {' '.join(demo)}")
 PY
 say "demo finished in $(( $(date +%s) - started ))s"
