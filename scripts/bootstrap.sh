@@ -48,10 +48,20 @@ if [ ! -x .venv-protogen/bin/python ]; then
   .venv-protogen/bin/pip install -q --disable-pip-version-check 'grpcio-tools==1.51.3' </dev/null
 fi
 
-# --- ansible-test offline: its get-pip download is unreachable here; stand in with ensurepip --------
-getpip="$HOME/.ansible/test/cache/get_pip_24_2.py"
-if [ ! -f "$getpip" ]; then
-  mkdir -p "$(dirname "$getpip")"
-  cp scripts/get_pip_standin.py "$getpip"
+# --- ansible-core 2.16, the oldest the collection supports: test-collection.sh runs sanity and the playbook with it
+if [ ! -x .venv-ansible216/bin/ansible-test ]; then
+  log "creating .venv-ansible216 (ansible-core 2.16)"
+  "$PY" -m venv .venv-ansible216
+  .venv-ansible216/bin/pip install -q --disable-pip-version-check 'ansible-core>=2.16,<2.17' kubernetes </dev/null
 fi
+
+# --- ansible-test offline: its get-pip download is unreachable here; stand in with ensurepip --------
+# 24_2: ansible-test 2.19; 23_1_2: ansible-test 2.16.
+for v in 24_2 23_1_2; do
+  getpip="$HOME/.ansible/test/cache/get_pip_$v.py"
+  if [ ! -f "$getpip" ]; then
+    mkdir -p "$(dirname "$getpip")"
+    cp scripts/get_pip_standin.py "$getpip"
+  fi
+done
 log "ready"
