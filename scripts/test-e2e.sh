@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end tests: the collection tarball (built from scripts/build-tree.sh's tree, installed into a temp
+# End-to-end tests: first the simulator's own tests (tests/simcluster_tests/test_{scheduling,controllers,kubelet,
+# cluster}.py), then the collection tarball (built from scripts/build-tree.sh's tree, installed into a temp
 # ANSIBLE_COLLECTIONS_PATH), a simulated 3-node cluster (`python -m simcluster up`, with its own registry) and the
 # test images pushed to it, then pytest tests/e2e. Everything started here is stopped on exit, also on failure and on
 # SIGINT/SIGTERM.
@@ -39,6 +40,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 start=$(date +%s)
+log "simulator tests (scheduling, controllers, kubelet, a 3-node SimCluster with the real agent)"
+PYTHONPATH=tests "$py" -m pytest -p no:cacheprovider -q tests/simcluster_tests/test_scheduling.py \
+  tests/simcluster_tests/test_controllers.py tests/simcluster_tests/test_kubelet.py tests/simcluster_tests/test_cluster.py
+
 log "building and installing the collection tarball"
 tree=$(BUILD_ROOT="$work/tree" bash scripts/build-tree.sh)
 .venv/bin/ansible-galaxy collection build "$tree" --output-path "$work/dist" >/dev/null

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -26,6 +27,7 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+PR_SET_PDEATHSIG = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -117,7 +119,19 @@ class Namespace:
         self.bound.append(resolved)
 
 
+def _die_with_kubelet() -> None:
+    """SIGKILL this container when the simulated kubelet's process dies (even by SIGKILL), so no agent outlives it.
+
+    The flag survives exec; the parent check covers a kubelet that died before prctl ran.
+    """
+    parent = os.getppid()
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(137)
+
+
 def run(spec: dict[str, Any]) -> None:
+    _die_with_kubelet()
     namespace = Namespace(spec["stage"])
     namespace.enter()
     # Open every source before any overlay (later overlays must not change what a bind points to), but after

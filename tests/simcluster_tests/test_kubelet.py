@@ -55,10 +55,11 @@ def test_env_values_field_refs_and_key_refs() -> None:
 
 
 def test_missing_key_ref_is_a_config_error_unless_optional() -> None:
-    container: Obj = {"name": "c", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k"}}}]}
+    ref = {"name": "nope", "key": "k"}
+    container: Obj = {"name": "c", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": ref}}]}
     with pytest.raises(VolumeError, match="couldn't find key k"):
         container_env(container, PodContext(POD, "n"), lookup_from({}), {})
-    container["env"][0]["valueFrom"]["configMapKeyRef"]["optional"] = True
+    ref["optional"] = True
     assert container_env(container, PodContext(POD, "n"), lookup_from({}), {}) == {"X": ""}
 
 
