@@ -544,7 +544,12 @@ class PodWorker:
             if exc.status == 404:
                 self.gone = self.deleting = True
                 return
-            raise
+            # A transient API error must not end the pod: the next step writes the status again.
+            log.warning("pod %s/%s status not written: %s", self.namespace, self.name, exc)
+            return
+        except OSError as exc:
+            log.warning("pod %s/%s status not written: %s", self.namespace, self.name, exc)
+            return
         self.pod = result if isinstance(result, dict) and result.get("metadata") else self.pod
         self.last_status = comparable
 
