@@ -53,7 +53,7 @@ INSTANCE_KINDS: list[tuple[str, str]] = [
     ("apps/v1", "Deployment"),
     ("apps/v1", "DaemonSet"),
 ]
-_KIND_RANK = {kind: rank for rank, (_, kind) in enumerate(INSTANCE_KINDS)}
+_KIND_RANK = {kind: rank for rank, (_api_version, kind) in enumerate(INSTANCE_KINDS)}
 _WORKLOAD_KINDS = ("DaemonSet", "Deployment")
 _NOISE_METADATA = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid", "selfLink")
 # Written by the server itself; it moves only when the template moves, which the spec comparison already sees.
@@ -169,7 +169,7 @@ def _pod_specs(objects: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict
 
 def needs_privileged_pods(objects: list[dict[str, Any]]) -> bool:
     """True when a workload mounts a hostPath or runs a privileged container (both need PSA level privileged)."""
-    for _, spec in _pod_specs(objects):
+    for _workload, spec in _pod_specs(objects):
         if any("hostPath" in (volume or {}) for volume in spec.get("volumes") or []):
             return True
         containers = list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
@@ -193,7 +193,7 @@ def check_pod_security(namespace_obj: dict[str, Any], objects: list[dict[str, An
 def referenced_secrets(objects: list[dict[str, Any]]) -> list[str]:
     """Secrets the pods need to start: non-optional secret volumes and imagePullSecrets, in first-seen order."""
     names: list[str] = []
-    for _, spec in _pod_specs(objects):
+    for _workload, spec in _pod_specs(objects):
         for volume in spec.get("volumes") or []:
             secret = (volume or {}).get("secret")
             if isinstance(secret, dict) and secret.get("secretName") and not secret.get("optional"):
@@ -331,7 +331,7 @@ class Applier:
     def present(self, objects: list[dict[str, Any]], instance: Instance, create_namespace: bool) -> None:
         pairs = [(obj, self.cluster.resource_for(obj["apiVersion"], obj["kind"])) for obj in objects]
         placed = apply_order([(place_object(obj, info, instance.namespace), info) for obj, info in pairs])
-        placed_objects = [obj for obj, _ in placed]
+        placed_objects = [obj for obj, _info in placed]
         namespace_exists = self._check_namespace(instance.namespace, placed_objects, create_namespace)
         self._check_secrets(placed_objects, instance.namespace, namespace_exists)
         plan = [self._plan(obj, info, namespace_exists) for obj, info in placed]
@@ -416,7 +416,7 @@ class Applier:
         found: dict[tuple[str, str, str], tuple[dict[str, Any], ResourceInfo]] = {}
         selector = instance_selector(instance.name)
         for info in self._kinds_to_search(objects):
-            items, _ = self.cluster.list_objects(info, instance.namespace if info.namespaced else None, selector)
+            items, _version = self.cluster.list_objects(info, instance.namespace if info.namespaced else None, selector)
             for item in items:
                 found[(info.kind, item["metadata"]["name"], item["metadata"].get("namespace") or "")] = (item, info)
         for obj in objects:  # given objects are deleted by name even when someone removed their labels
@@ -498,7 +498,7 @@ class Applier:
     def _remove_node_labels(self, instance_name: str) -> None:
         key = node_label_key(instance_name)
         info = self.cluster.resource_for("v1", "Node")
-        nodes, _ = self.cluster.list_objects(info, None, key)
+        nodes, _version = self.cluster.list_objects(info, None, key)
         for node in sorted(nodes, key=lambda item: item["metadata"]["name"]):
             name = node["metadata"]["name"]
             entry = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}

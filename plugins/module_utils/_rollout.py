@@ -663,14 +663,14 @@ class RolloutWaiter:
         if spec.get("affinity"):
             return None  # node affinity is not evaluated here; better no names than wrong ones
         try:
-            nodes, _ = self.cluster.list_objects(self.cluster.resource_for("v1", "Node"))
+            nodes, _version = self.cluster.list_objects(self.cluster.resource_for("v1", "Node"))
         except (ForbiddenError, NotFoundError):
             return None
         return eligible_nodes(nodes, spec)
 
     def _warning_events(self, state: WatchState, names: set[str]) -> list[str]:
         try:
-            items, _ = self.cluster.list_objects(self.cluster.resource_for("v1", "Event"), self.namespace)
+            items, _version = self.cluster.list_objects(self.cluster.resource_for("v1", "Event"), self.namespace)
         except (ForbiddenError, NotFoundError):
             return []
         return warning_events(items, names)

@@ -240,7 +240,9 @@ def run(module: AnsibleModule, applier_factory: t.Callable[[t.Any], Applier]) ->
             exception=traceback.format_exc(),
             **partial_result(applier),
         )
-    assert applier is not None  # fail_json exits
+    if applier is None:  # unreachable: every path without an applier ended in fail_json
+        module.fail_json(msg="internal error: no result")
+        return
     for warning in applier.warnings:
         module.warn(warning)
     result: dict[str, t.Any] = {

@@ -279,8 +279,8 @@ def run(module: AnsibleModule) -> None:
         if params["collect_metrics"] and error.result:
             add_metrics(module, waiter, error.result)
         raise
-    assert state.daemonset is not None  # wait() returns only with a DaemonSet
-    result: dict[str, t.Any] = build_report(state.daemonset, list(state.pods.values()))
+    final = state.daemonset or daemonset  # wait() returns only while the DaemonSet exists
+    result: dict[str, t.Any] = build_report(final, list(state.pods.values()))
     if params["collect_metrics"]:
         add_metrics(module, waiter, result)
     for report in result["nodes"]:

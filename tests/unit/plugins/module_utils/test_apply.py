@@ -173,7 +173,7 @@ def test_apply_order_puts_rbac_and_config_before_workloads() -> None:
         obj["kind"]: ResourceInfo(obj["apiVersion"], obj["kind"], obj["kind"].lower() + "s", True) for obj in rendered()
     }
     ordered = apply_order([(obj, infos[obj["kind"]]) for obj in rendered()])
-    assert [obj["kind"] for obj, _ in ordered] == ["ServiceAccount", "ClusterRole", "ConfigMap", "DaemonSet"]
+    assert [obj["kind"] for obj, _info in ordered] == ["ServiceAccount", "ClusterRole", "ConfigMap", "DaemonSet"]
 
 
 # --- Pod Security, secrets, namespace -------------------------------------------------------------------------------
@@ -351,10 +351,10 @@ class FakeApiServer:
     ) -> tuple[list[dict[str, Any]], str]:
         wanted: dict[str, Optional[str]] = {}
         for part in filter(None, (label_selector or "").split(",")):
-            key, _, value = part.partition("=")
+            key, _equals, value = part.partition("=")
             wanted[key] = value if "=" in part else None
         items = []
-        for (kind, item_namespace, _), obj in self.store.items():
+        for (kind, item_namespace, _name), obj in self.store.items():
             labels = obj["metadata"].get("labels") or {}
             if kind != info.kind or (namespace and item_namespace != namespace):
                 continue

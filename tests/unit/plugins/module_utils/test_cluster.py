@@ -104,7 +104,7 @@ class TestTranslateApiError:
     def test_invalid_object(self) -> None:
         body = status_body(422, 'DaemonSet.apps "x" is invalid: spec.selector: Required value')
         error = translate_api_error(422, "Unprocessable Entity", body, "apply", "DaemonSet p/x", HOST)
-        assert type(error) is ClusterError and "as invalid: DaemonSet.apps" in str(error)
+        assert error.__class__.__name__ == "ClusterError" and "as invalid: DaemonSet.apps" in str(error)
 
     def test_other_status_is_one_line_without_the_raw_body(self) -> None:
         error = translate_api_error(500, "Internal Server Error", "boom\nline2", "list", "pods", HOST)

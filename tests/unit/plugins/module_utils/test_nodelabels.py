@@ -76,7 +76,7 @@ def test_label_key_has_the_agent_prefix() -> None:
 
 
 def test_sanitised_name_is_a_valid_label_name_part() -> None:
-    for name, _ in TESTCASES_SECTION_6:
+    for name, _expected in TESTCASES_SECTION_6:
         sanitised = sanitize_instance_name(name)
         assert 0 < len(sanitised.encode()) <= 63
         assert sanitised[0].isalnum() and sanitised[-1].isalnum()

@@ -238,7 +238,7 @@ class TestParseSummary:
         assert summary["complete"] and not summary["truncated"]
 
     def test_truncated_summary_keeps_exact_counts(self) -> None:
-        summary, _ = parse_summary(json.dumps({**SUMMARY_FAILED, "failed": 40, "errors": {}, "truncated": True}))
+        summary, _problem = parse_summary(json.dumps({**SUMMARY_FAILED, "failed": 40, "errors": {}, "truncated": True}))
         assert summary is not None and summary["failed"] == 40 and summary["truncated"]
 
     @pytest.mark.parametrize("message", [None, "", "   \n"])
@@ -257,7 +257,7 @@ class TestParseSummary:
         assert summary is None and problem.startswith("unexpected summary")
 
     def test_wrong_types_become_zero(self) -> None:
-        summary, _ = parse_summary(json.dumps({"ok": "3", "failed": True, "seconds": "x", "errors": []}))
+        summary, _problem = parse_summary(json.dumps({"ok": "3", "failed": True, "seconds": "x", "errors": []}))
         assert summary is not None
         assert (summary["ok"], summary["failed"], summary["seconds"], summary["errors"]) == (0, 0, 0.0, {})
 
