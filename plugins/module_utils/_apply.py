@@ -355,9 +355,14 @@ class Applier:
         names = referenced_secrets(objects)
         if not names:
             return
+        if not namespace_exists:
+            raise MissingSecretError(
+                f"pull secret {namespace}/{names[0]} cannot exist: namespace {namespace} does not exist yet; create "
+                f"the namespace and the secret (type {DOCKERCONFIGJSON}) first"
+            )
         info = self.cluster.resource_for("v1", "Secret")
         for name in names:
-            secret = self.cluster.get(info, name, namespace) if namespace_exists else None
+            secret = self.cluster.get(info, name, namespace)
             # Only existence and type are looked at; the secret's data is dropped right here.
             exists, secret_type = secret is not None, (secret or {}).get("type")
             secret = None

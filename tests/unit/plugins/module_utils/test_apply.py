@@ -504,7 +504,7 @@ class TestPresent:
 
     def test_secret_with_a_namespace_to_be_created_cannot_exist(self) -> None:
         server = FakeApiServer()
-        with pytest.raises(MissingSecretError):
+        with pytest.raises(MissingSecretError, match="namespace prefetch does not exist yet; create the namespace and"):
             applier(server).present(rendered(secret="pull"), INSTANCE, create_namespace=True)
         assert server.writes == []
 
