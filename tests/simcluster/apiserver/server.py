@@ -337,6 +337,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _parse_body(self) -> Any:
         raw = self._read_body()
         ctype = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
+        if raw and ctype not in ("application/json", "application/yaml", "application/apply-patch+yaml", "*/*"):
+            # Protobuf/CBOR bodies: 415 makes client-go (kubectl create, auth can-i) fall back to JSON.
+            raise errors.unsupported_media_type(ctype, ["application/json", "application/yaml"])
         try:
             if ctype in ("application/yaml", "application/apply-patch+yaml"):
                 return yaml.safe_load(raw.decode()) if raw else None
