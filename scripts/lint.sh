@@ -30,7 +30,7 @@ existing() {  # print the arguments that exist, note the others as skipped
 
 # --- ruff: every Python file of the repository, new directories included (the root pyproject.toml excludes
 # generated code and build output; ruff's defaults exclude .venv and site-packages) -------------------------------
-run "ruff" "$venv/ruff" check --no-cache --extend-exclude .venv-protogen .
+run "ruff" "$venv/ruff" check --no-cache --extend-exclude '.venv-*' .
 
 # --- mypy: one run per tree, so that module names (conftest, infra, ...) do not collide ----------------------
 mypy_run() {  # mypy_run NAME MYPYPATH PATH...

@@ -4,6 +4,7 @@
 #   content check → offline install into a temp path → ansible-doc of every module and the role → role/module
 #   option cross-check → the playbook from the INSTALLED collection: check mode against a closed port (must fail
 #   cleanly, per host, without a traceback or a credential in the output), state=rendered (writes a manifest).
+#   Sanity and the playbook also run with ansible-core 2.16 (.venv-ansible216), the oldest the collection supports.
 # Runs every step even after a failure (a step that needs a failed one fails too); exit status 1 if any failed.
 # KEEP=1 keeps the temp dir (logs, tarball, installed collection).
 set -uo pipefail
@@ -54,6 +55,19 @@ step build-tree build_tree
 collection=$(cat "$work/collection-path" 2>/dev/null)
 build_root=${collection%/ansible_collections/*}
 
+# The sanity ignore files exist for every supported ansible-core and stay empty: findings are fixed, not ignored.
+ignore_files() {
+  local v f bad=0
+  for v in 2.16 2.17 2.18 2.19 2.20; do
+    f=tests/sanity/ignore-$v.txt
+    if [ ! -f "$f" ]; then echo "$f is missing"; bad=1
+    elif [ -s "$f" ]; then echo "$f is not empty:"; cat "$f"; bad=1
+    else echo "$f: empty"; fi
+  done
+  return "$bad"
+}
+step ignore-files ignore_files
+
 sanity() {
   cd "$collection" || return 1
   # --python 3.11: the only Python here with ansible-core 2.19; --venv: requirements from PyPI (no --docker here).
@@ -67,6 +81,18 @@ if needs sanity build-tree; then
   count=$(grep -c '^Running sanity test' "$work/logs/sanity.log")
   notes+=("sanity ran $count tests")
 fi
+
+# The oldest ansible-core the collection supports (requires_ansible >=2.16), in its own build tree so that the two
+# ansible-test versions do not share tests/output.
+venv216=$top/.venv-ansible216/bin
+sanity_216() {
+  local col216
+  [ -x "$venv216/ansible-test" ] || { echo "$venv216/ansible-test missing: run scripts/bootstrap.sh"; return 1; }
+  col216=$(BUILD_ROOT=$top/build/ansible-2.16 bash "$top/scripts/build-tree.sh") || return 1
+  cd "$col216" || return 1
+  PATH="$venv216:$PATH" timeout 1200 "$venv216/ansible-test" sanity --venv --python 3.11 --color no
+}
+step sanity-2.16 sanity_216
 
 units() {
   cd "$collection" || return 1
@@ -167,7 +193,7 @@ check_role() {
 }
 needs role-options install && step role-options check_role
 
-# --- the playbook from the installed collection ----------------------------------------------------------------
+# --- the playbook from the installed collection (ANSIBLE_BIN: the ansible-core to run it with)  ----------------------------------------------------------------
 run_dir=$work/run
 mkdir -p "$run_dir/out"
 printf '# images to prefetch\nregistry.test:5000/team/app:v1\n\n  registry.test:5000/team/db:v2  \n' >"$run_dir/images.txt"
@@ -194,7 +220,8 @@ kubeconfig "$run_dir/kubeconfig-b"
 
 playbook() {  # playbook LOG ARGS...: ansible-playbook stackrox.prefetch.prefetch from the run dir; echoes the exit code
   local log=$1; shift
-  (cd "$run_dir" && installed timeout 300 ansible-playbook stackrox.prefetch.prefetch "$@") >"$log" 2>&1
+  (cd "$run_dir" && installed timeout 300 "${ANSIBLE_BIN:-$venv}/ansible-playbook" stackrox.prefetch.prefetch "$@") \
+    >"$log" 2>&1
   echo $?
 }
 # assert_clean_failure LOG RC HOST...: failed (not timed out), each host named with the API address, nothing leaked
@@ -266,6 +293,21 @@ EOF
   fi
 }
 needs rendered install && step rendered rendered
+
+# The same playbook runs with ansible-core 2.16: closed port, and a render.
+playbook_216() {
+  local rc
+  [ -x "$venv216/ansible-playbook" ] || { echo "$venv216/ansible-playbook missing: run scripts/bootstrap.sh"; return 1; }
+  export ANSIBLE_BIN=$venv216
+  "$venv216/ansible-playbook" --version | head -n 1
+  rc=$(playbook "$work/closed-216.log" --check -e images_file=images.txt -e kubeconfig=kubeconfig)
+  assert_clean_failure "$work/closed-216.log" "$rc" localhost || return 1
+  rc=$(playbook "$work/rendered-216.log" -e state=rendered -e dest=out/p216.yaml -e flavor=k3s \
+    -e images=registry.test:5000/team/app:v1)
+  cat "$work/rendered-216.log"
+  [ "$rc" -eq 0 ] && grep -q 'kind: DaemonSet' "$run_dir/out/p216.yaml"
+}
+needs playbook-2.16 install && step playbook-2.16 playbook_216
 
 # --- summary -----------------------------------------------------------------------------------------------------
 for n in "${notes[@]}"; do echo "test-collection: note: $n"; done
