@@ -54,7 +54,8 @@ def stream(store: Store, rd: ResourceDef, ns: Optional[str], matcher: Matcher, r
            bookmark_interval_s: float = 5.0) -> Generator[dict[str, Any], None, None]:
     deadline = time.monotonic() + timeout_s
     initial: list[dict[str, Any]] = []
-    with store.lock:
+    expired: Optional[dict[str, Any]] = None
+    with store.lock:  # nothing is yielded while the lock is held: a slow client must not stall the server
         if resource_version in (None, "", "0") or send_initial:
             items, last = store.list_objects(rd.key, ns)
             initial = [{"type": "ADDED", "object": _typed(rd, o)} for o in items if matcher(o)]
@@ -62,11 +63,12 @@ def stream(store: Store, rd: ResourceDef, ns: Optional[str], matcher: Matcher, r
             try:
                 last = int(resource_version)
             except ValueError:
-                yield too_old(0, store.oldest_available())
-                return
-            if last < store.compacted_rv:
-                yield too_old(last, store.oldest_available())
-                return
+                last = 0
+            if last <= 0 or last < store.compacted_rv:
+                expired = too_old(last, store.oldest_available())
+    if expired is not None:
+        yield expired
+        return
     yield from initial
     if send_initial and bookmarks:
         yield {"type": "BOOKMARK", "object": {"kind": rd.kind, "apiVersion": rd.api_version, "metadata": {
@@ -85,13 +87,15 @@ def stream(store: Store, rd: ResourceDef, ns: Optional[str], matcher: Matcher, r
                 if bookmarks:
                     wait = min(wait, next_bookmark - now)
                 store.cond.wait(timeout=max(0.01, min(wait, 1.0)))
-            if pending and last < store.compacted_rv:
-                # The watcher fell behind the window while blocked writing: the real server closes with 410 too.
-                yield too_old(last, store.oldest_available())
-                return
-            batch: list[Event] = list(pending)
+            fell_behind = bool(pending) and last < store.compacted_rv
+            oldest = store.oldest_available()
+            batch: list[Event] = [] if fell_behind else list(pending)
             if batch:
                 last = batch[-1].rv
+        if fell_behind:
+            # The watcher fell behind the window while blocked writing: the real server closes with 410 too.
+            yield too_old(last, oldest)
+            return
         for ev in batch:
             if not _in_scope(ev, rd, ns):
                 continue
