@@ -41,7 +41,7 @@ trap 'exit 143' TERM
 
 start=$(date +%s)
 log "simulator tests (scheduling, controllers, kubelet, a 3-node SimCluster with the real agent)"
-PYTHONPATH=tests "$py" -m pytest -p no:cacheprovider -q tests/simcluster_tests/test_scheduling.py \
+PYTHONPATH=tests "$py" -m pytest -p no:cacheprovider -q --basetemp "$work/pytest-sim" tests/simcluster_tests/test_scheduling.py \
   tests/simcluster_tests/test_controllers.py tests/simcluster_tests/test_kubelet.py tests/simcluster_tests/test_cluster.py
 
 log "building and installing the collection tarball"
@@ -70,7 +70,7 @@ PY
 
 log "running pytest tests/e2e"
 E2E_CLUSTER_DIR="$work/cluster" E2E_COLLECTIONS_PATH="$work/collections" PYTHONPATH=tests \
-  "$py" -m pytest -p no:cacheprovider -q tests/e2e "$@" &
+  "$py" -m pytest -p no:cacheprovider -q --basetemp "$work/pytest" tests/e2e "$@" &
 test_pid=$!
 set +e
 wait "$test_pid"
