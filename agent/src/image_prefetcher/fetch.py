@@ -121,6 +121,7 @@ class FetchRun:
         self.extensions = extensions
         self.log = log
         self.signal_name: str | None = None
+        self.aborted = False  # the pulls could not run (CRI not answering, debug listing failed)
         self._phase: asyncio.Task[Any] | None = None
 
     async def main(self) -> int:
@@ -209,6 +210,7 @@ class FetchRun:
             self.log.error(message)
 
     def _mark_unreached(self, engine: PullEngine, reason: str) -> None:
+        self.aborted = True
         for image in self.images:
             result = engine.results.setdefault(image, ImageResult(image))
             if result.outcome == "pending":
@@ -228,7 +230,7 @@ class FetchRun:
             results={image: engine.results[image] for image in self.images},
             attempts=engine.attempts,
             seconds=time.monotonic() - started,
-            complete=self.signal_name is None and not ended_early,
+            complete=self.signal_name is None and not ended_early and not self.aborted,
             interrupted_by=self.signal_name,
         )
 

@@ -113,5 +113,5 @@ def configure_logging(debug: bool, log_format: LogFormat = "text", stream: TextI
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    logger.propagate = False
+    # Propagation stays on: the root logger has no handler in the agent, and tests' log capture keeps working.
     return Logger(logger)

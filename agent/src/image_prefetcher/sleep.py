@@ -10,7 +10,6 @@ SIGNAL_NAMES = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupt"}
 
 
 def run_sleep() -> int:
-    print("Sleeping...", file=sys.stderr, flush=True)
     received: list[int] = []
     woken = threading.Event()
 
@@ -20,6 +19,7 @@ def run_sleep() -> int:
 
     for signum in SIGNAL_NAMES:
         signal.signal(signum, on_signal)
+    print("Sleeping...", file=sys.stderr, flush=True)  # after the handlers: a signal from now on is handled
     while not woken.wait(3600):
         pass
     name = SIGNAL_NAMES.get(signal.Signals(received[0]), signal.Signals(received[0]).name)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
-
 from image_prefetcher._proto import cri_pb2, cri_pb2_grpc
 
 
@@ -58,20 +57,24 @@ class FakeCri(cri_pb2_grpc.ImageServiceServicer, cri_pb2_grpc.RuntimeServiceServ
         self._server: grpc.aio.Server | None = None
 
     # --- servicer ---
-    async def Version(self, request: cri_pb2.VersionRequest, context: grpc.aio.ServicerContext) -> object:  # noqa: N802
-        return cri_pb2.VersionResponse(version="0.1.0", runtime_name="fakecri", runtime_version="1", runtime_api_version="v1")
+    async def Version(self, request: cri_pb2.VersionRequest, context: grpc.aio.ServicerContext) -> object:
+        return cri_pb2.VersionResponse(
+            version="0.1.0", runtime_name="fakecri", runtime_version="1", runtime_api_version="v1"
+        )
 
-    async def ImageStatus(self, request: cri_pb2.ImageStatusRequest, context: grpc.aio.ServicerContext) -> object:  # noqa: N802
+    async def ImageStatus(self, request: cri_pb2.ImageStatusRequest, context: grpc.aio.ServicerContext) -> object:
         name = request.image.image
         self.status_calls.append(name)
         if name in self.present or name.startswith("sha256:"):
             return cri_pb2.ImageStatusResponse(image=cri_pb2.Image(id=name, size=1234))
         return cri_pb2.ImageStatusResponse()
 
-    async def ListImages(self, request: cri_pb2.ListImagesRequest, context: grpc.aio.ServicerContext) -> object:  # noqa: N802
-        return cri_pb2.ListImagesResponse(images=[cri_pb2.Image(id=i, repo_tags=[i], size=1) for i in sorted(self.present)])
+    async def ListImages(self, request: cri_pb2.ListImagesRequest, context: grpc.aio.ServicerContext) -> object:
+        return cri_pb2.ListImagesResponse(
+            images=[cri_pb2.Image(id=i, repo_tags=[i], size=1) for i in sorted(self.present)]
+        )
 
-    async def PullImage(self, request: cri_pb2.PullImageRequest, context: grpc.aio.ServicerContext) -> object:  # noqa: N802
+    async def PullImage(self, request: cri_pb2.PullImageRequest, context: grpc.aio.ServicerContext) -> object:
         loop = asyncio.get_running_loop()
         image = request.image.image
         call = PullCall(image, request.auth.username, request.auth.password, loop.time())
@@ -88,7 +91,9 @@ class FakeCri(cri_pb2_grpc.ImageServiceServicer, cri_pb2_grpc.RuntimeServiceServ
                 await asyncio.sleep(action.delay)
             login = self.required_login.get(image)
             if login is not None and (call.username, call.password) != login:
-                await context.abort(grpc.StatusCode.UNKNOWN, f'failed to pull "{image}": unexpected status: 401 Unauthorized')
+                await context.abort(
+                    grpc.StatusCode.UNKNOWN, f'failed to pull "{image}": unexpected status: 401 Unauthorized'
+                )
             if action.kind == "fail":
                 await context.abort(action.code, action.details)
             self.present.add(image)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from collections.abc import Awaitable, Callable
@@ -11,13 +12,14 @@ from typing import Any
 
 import grpc
 from fakecri import HANG, OK, Action, FakeCri, fail
-
 from image_prefetcher.cri import CriClient
 from image_prefetcher.engine import Deadline, PullAttempt, PullEngine, PullSettings
 from image_prefetcher.keyring import Credential
 from image_prefetcher.logs import configure_logging
 
-INVALID_REF = 'failed to pull and unpack image "Bad:x:y": failed to parse image reference "Bad:x:y": invalid reference format'
+INVALID_REF = (
+    'failed to pull and unpack image "Bad:x:y": failed to parse image reference "Bad:x:y": invalid reference format'
+)
 NOT_FOUND = 'failed to resolve reference "r/missing:v1": r/missing:v1: not found'
 
 
@@ -55,16 +57,18 @@ def run_engine(
         async with fake:
             client = CriClient(str(fake.socket_path))
             engine = PullEngine(
-                client, settings, StaticCredentials(creds), configure_logging(True, "text", log_stream), [observed.append]
+                client,
+                settings,
+                StaticCredentials(creds),
+                configure_logging(True, "text", log_stream),
+                [observed.append],
             )
             try:
                 task = asyncio.ensure_future(engine.run(images, Deadline(overall)))
                 if during is not None:
                     await during(fake, task)
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
-                except asyncio.CancelledError:
-                    pass
             finally:
                 await client.close()
         return engine, fake
@@ -131,8 +135,11 @@ def test_overall_timeout_cuts_a_hanging_attempt(tmp_path: Path) -> None:
         fake.scripts["r/stall:v1"] = [HANG]
 
     started = time.monotonic()
-    engine, fake, observed, _ = run_engine(
-        tmp_path, prepare, ["r/stall:v1"], fast_settings(initial_attempt_timeout=30.0, max_attempt_timeout=60.0),
+    engine, _fake, observed, _ = run_engine(
+        tmp_path,
+        prepare,
+        ["r/stall:v1"],
+        fast_settings(initial_attempt_timeout=30.0, max_attempt_timeout=60.0),
         overall=1.0,
     )
     elapsed = time.monotonic() - started
@@ -146,7 +153,7 @@ def test_attempt_timeout_doubles_after_a_stall(tmp_path: Path) -> None:
     def prepare(fake: FakeCri) -> None:
         fake.scripts["r/slow:v1"] = [HANG, HANG, OK]
 
-    engine, fake, observed, log = run_engine(
+    engine, _fake, observed, log = run_engine(
         tmp_path, prepare, ["r/slow:v1"], fast_settings(initial_attempt_timeout=0.2, max_attempt_timeout=0.3)
     )
     assert engine.results["r/slow:v1"].outcome == "ok"
@@ -157,7 +164,12 @@ def test_attempt_timeout_doubles_after_a_stall(tmp_path: Path) -> None:
 
 def test_credentials_are_tried_one_after_another(tmp_path: Path) -> None:
     image = "registry.test:5000/private/app:v1"
-    creds = {image: [Credential("stale", "old-secret", "registry.test:5000"), Credential("good", "s3cret", "registry.test:5000")]}
+    creds = {
+        image: [
+            Credential("stale", "old-secret", "registry.test:5000"),
+            Credential("good", "s3cret", "registry.test:5000"),
+        ]
+    }
 
     def prepare(fake: FakeCri) -> None:
         fake.required_login[image] = ("good", "s3cret")
