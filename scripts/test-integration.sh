@@ -70,6 +70,7 @@ for repo, tag in (("team/app", "v1"), ("team/db", "v2")):
     images.append(f"{registry['name']}/{repo}:{tag}")
 config = {
     "prefetch_kubeconfig": cluster["kubeconfig"],
+    "prefetch_kubeconfig_viewer": cluster["kubeconfig_viewer"],
     "prefetch_api_url": cluster["api_url"].rstrip("/"),
     "prefetch_ca_path": cluster["ca_path"],
     "prefetch_agent_image": cluster["agent_image"]["image"],
