@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
@@ -216,3 +221,69 @@ def test_api_errors_surface(api: ApiClient) -> None:
     assert info.value.status == 404
 
 
+
+
+def test_deployment_runs_the_aggregator_behind_a_service(sim: SimCluster, api: ApiClient) -> None:
+    ns = namespace(api, "t-deploy")
+    grpc_port, http_port = free_port(), free_port()
+    container = {"name": "aggregator", "image": sim.info["agent_image"]["ref"],
+                 "args": ["aggregate-metrics", f"--grpc-port={grpc_port}", f"--http-port={http_port}"],
+                 "ports": [{"containerPort": grpc_port, "name": "grpc"}, {"containerPort": http_port, "name": "http"}],
+                 "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1}}
+    api.create("Deployment", {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "m", "namespace": ns},
+                              "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "m"}},
+                                       "template": {"metadata": {"labels": {"app": "m"}},
+                                                    "spec": {"containers": [container]}}}}, ns)
+    api.create("Service", {"metadata": {"name": "m", "namespace": ns}, "spec": {
+        "selector": {"app": "m"}, "ports": [{"name": "http", "port": http_port, "targetPort": http_port}]}}, ns)
+
+    def available() -> Optional[Obj]:
+        status: Obj = api.get("Deployment", "m", ns).get("status") or {}
+        return status if status.get("availableReplicas") == 1 else None
+
+    status = wait_for(available, what="an available aggregator")
+    assert status["observedGeneration"] == 1 and status["readyReplicas"] == 1 and status["updatedReplicas"] == 1
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Available"]["status"] == "True"
+    assert conditions["Progressing"]["reason"] == "NewReplicaSetAvailable"
+    (pod,) = pods(api, ns)
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
+    assert pod["metadata"]["labels"]["pod-template-hash"]
+    metrics = api.request("GET", f"/api/v1/namespaces/{ns}/services/m:http/proxy/metrics")
+    assert metrics == [], metrics  # nothing submitted yet: an empty JSON list, through the API server's proxy
+    api.delete("Deployment", "m", ns)
+    wait_for(lambda: pods(api, ns) == [], what="aggregator pod gone")
+
+
+def test_cluster_runner_command_writes_its_files_and_stops_on_sigterm(tmp_path: Path) -> None:
+    directory = tmp_path / "up"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "simcluster", "up", "--dir", str(directory), "--nodes", "1",
+                             "--name", "solo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    daemons: dict[int, str] = {}
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        info = json.loads((directory / "cluster.json").read_text())
+        assert [n["name"] for n in info["nodes"]] == ["solo-node-1"]
+        assert info["registry"]["own"] is True and info["agent_image"]["version"] == "sim"
+        assert (directory / "kubeconfig").exists() and (directory / "kubeconfig-viewer").exists()
+        assert Path(info["nodes"][0]["host_root"], "run/crio/crio.sock").is_socket()
+        daemons = _children(proc.pid)
+        assert any("containerd" in c for c in daemons.values()) and any("registry" in c for c in daemons.values())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in daemons)
+
+
+def _children(parent: int) -> dict[int, str]:
+    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(parent)], capture_output=True, text=True,
+                         check=False).stdout
+    return {int(line.split(None, 1)[0]): line.split(None, 1)[1] for line in out.splitlines() if line.strip()}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
