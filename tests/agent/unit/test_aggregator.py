@@ -9,6 +9,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
+
 from image_prefetcher import aggregator
 from image_prefetcher._proto import metrics_pb2
 from image_prefetcher.errors import CommandError
@@ -134,6 +135,7 @@ def records() -> Iterator[list[logging.LogRecord]]:
 
 def test_submit_then_http_paths(records: list[logging.LogRecord]) -> None:
     import grpc
+
     from image_prefetcher._proto import metrics_pb2_grpc
 
     seen: dict[str, tuple[int, dict[str, str], bytes]] = {}

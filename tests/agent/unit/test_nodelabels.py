@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from image_prefetcher import nodelabels
 from image_prefetcher.incluster import ApiResponse
 
