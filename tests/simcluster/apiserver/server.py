@@ -132,6 +132,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         self.server.app.log_line(format % args)
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # every request is logged once, with its user and verb, by ApiServer.record
+
     def do_GET(self) -> None:
         self._dispatch()
 
