@@ -582,3 +582,52 @@ class TestAbsent:
             "namespace": None,
             "action": "updated",
         }
+
+
+class TerminatingPodsServer(FakeApiServer):
+    """Pods of the instance stay until their DELETED events arrive on the watch (or never, with no events)."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.events = events
+        self.watched: list[tuple[str, Optional[str]]] = []
+
+    def list_objects(
+        self, info: ResourceInfo, namespace: Optional[str] = None, label_selector: Optional[str] = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        if info.kind == "Pod" and not self.watched:
+            pods = [{"kind": "Pod", "metadata": {"name": name, "namespace": namespace}} for name in ("a", "b")]
+            return pods, "5"
+        if info.kind == "Pod":
+            return [], "9"
+        return super().list_objects(info, namespace, label_selector)
+
+    def watch(self, info: ResourceInfo, namespace: Optional[str], version: str, *args: Any, **kwargs: Any) -> Any:
+        self.watched.append((info.kind, version))
+        return iter(self.events)
+
+
+def test_absent_waits_for_the_pods_through_the_watch() -> None:
+    deleted = [{"type": "DELETED", "object": {"metadata": {"name": name}}} for name in ("a", "b")]
+    server = TerminatingPodsServer(deleted)
+    run = applier(server)
+    run.absent(INSTANCE, [], remove_node_labels=False)
+    assert server.watched == [("Pod", "5")] and run.warnings == []
+
+
+def test_pods_still_terminating_after_the_wait_are_a_warning() -> None:
+    ticks = iter([0.0] + [1000.0] * 20)
+    server = TerminatingPodsServer([])
+    server.watched.append(("Pod", "0"))  # lists keep returning the two pods
+
+    def pods_forever(
+        info: ResourceInfo, namespace: Optional[str] = None, label_selector: Optional[str] = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        if info.kind == "Pod":
+            return [{"kind": "Pod", "metadata": {"name": name}} for name in ("a", "b")], "5"
+        return FakeApiServer.list_objects(server, info, namespace, label_selector)
+
+    server.list_objects = pods_forever  # type: ignore[method-assign]
+    run = applier(server, wait_timeout=30, clock=lambda: next(ticks))
+    run.absent(INSTANCE, [], remove_node_labels=False)
+    assert run.warnings == ["2 pod(s) of instance imgs still terminating after 30s: a, b"]
