@@ -31,6 +31,7 @@ from image_prefetcher.retry import retry_schedule
 
 Outcome = Literal["pending", "ok", "failed", "skipped"]
 STATUS_TIMEOUT_SECONDS = 60.0
+SIZE_STATUS_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,17 @@ class PullEngine:
             self.results.setdefault(image, ImageResult(image))
         limit = self.settings.max_parallel_pulls
         slots: asyncio.Semaphore | None = asyncio.Semaphore(limit) if limit > 0 else None
-        await asyncio.gather(*(self._pull_image(result, deadline, slots) for result in self.results.values()))
+        await asyncio.gather(*(self._pull_image_safely(result, deadline, slots) for result in self.results.values()))
         return self.results
+
+    async def _pull_image_safely(
+        self, result: ImageResult, deadline: Deadline, slots: asyncio.Semaphore | None
+    ) -> None:
+        try:
+            await self._pull_image(result, deadline, slots)
+        except Exception as err:  # an unexpected failure ends this image only, never the whole run
+            result.outcome, result.error = "failed", PullError("UNKNOWN", f"internal error: {err}")
+            self.log.error("pulling the image failed unexpectedly", image=result.image, error=str(err))
 
     async def _pull_image(self, result: ImageResult, deadline: Deadline, slots: asyncio.Semaphore | None) -> None:
         async with slots if slots is not None else contextlib.nullcontext():
@@ -166,7 +176,7 @@ class PullEngine:
             if remaining <= 0:
                 self._give_up(result, by_deadline=True)
                 return
-            outcome = await self._attempt(result, index, choices[index], step.attempt_timeout, remaining, secrets)
+            outcome = await self._attempt(result, index, choices[index], step.attempt_timeout, deadline, secrets)
             if isinstance(outcome, _Success):
                 result.outcome, result.image_ref, result.size_bytes = "ok", outcome.image_ref, outcome.size_bytes
                 result.error = None
@@ -214,7 +224,7 @@ class PullEngine:
         index: int,
         credential: Credential | None,
         nominal_timeout: float,
-        remaining: float,
+        deadline: Deadline,
         secrets: list[str],
     ) -> _Success | PullError:
         attrs: dict[str, object] = {"image": result.image, "authNum": index}
@@ -225,7 +235,9 @@ class PullEngine:
         result.attempts += 1
         started_at, started = time.time(), time.monotonic()
         try:
-            image_ref = await self._client.pull_image(result.image, credential, timeout=min(nominal_timeout, remaining))
+            image_ref = await self._client.pull_image(
+                result.image, credential, timeout=min(nominal_timeout, deadline.remaining())
+            )
         except grpc.aio.AioRpcError as err:
             elapsed = time.monotonic() - started
             failure = rpc_error(err)
@@ -242,14 +254,16 @@ class PullEngine:
         elapsed = time.monotonic() - started
         response = f'image_ref:"{image_ref}"'
         self.log.info("image pulled successfully", **attrs, response=response, elapsed=Seconds(elapsed))
-        size = await self._pulled_size(image_ref)
+        size = await self._pulled_size(image_ref, deadline)
         self._notify(PullAttempt(result.image, started_at, elapsed, None, size, index))
         return _Success(image_ref, size)
 
-    async def _pulled_size(self, image_ref: str) -> int:
-        # Bounded on its own (not by the overall deadline): the image is already pulled, only its size is missing.
+    async def _pulled_size(self, image_ref: str, deadline: Deadline) -> int:
+        # Within the overall deadline, but at least 1 s: the image is pulled, only its size is missing, and the
+        # post-run grace keeps the process within overall timeout + 10 s.
+        timeout = max(min(SIZE_STATUS_TIMEOUT_SECONDS, deadline.remaining()), 1.0)
         try:
-            image = await self._client.image_status(image_ref, timeout=STATUS_TIMEOUT_SECONDS / 6)
+            image = await self._client.image_status(image_ref, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             self.log.warn("failed to obtain pulled image status", image=image_ref, error=rpc_error(err).go_string())
             return 0
