@@ -501,3 +501,17 @@ def test_go_style_booleans_and_dry_run_in_delete_options(srv: ApiServer, ns: str
     assert r.status == 200
     assert call(srv, "GET", path).status == 200
     assert [x.dry_run for x in srv.requests if x.seq > start and x.method == "DELETE"] == [True]
+
+
+def test_apply_rejects_managed_fields_and_duplicate_keys(srv: ApiServer, ns: str) -> None:
+    path = f"/apis/apps/v1/namespaces/{ns}/daemonsets/dup?fieldManager=m"
+    body = ds_body("dup", ns)
+    body["metadata"]["managedFields"] = [{"manager": "x", "operation": "Apply"}]
+    r = call(srv, "PATCH", path, body, "application/apply-patch+yaml")
+    assert (r.status, r.json()["message"]) == (400, "metadata.managedFields must be nil")
+    body = ds_body("dup", ns)
+    body["spec"]["template"]["spec"]["containers"].append({"name": "main", "image": "other"})
+    r = call(srv, "PATCH", path, body, "application/apply-patch+yaml")
+    assert r.status == 500
+    assert r.json()["message"].endswith('.spec.template.spec.containers: duplicate entries for key [name="main"]')
+    assert call(srv, "GET", f"/apis/apps/v1/namespaces/{ns}/daemonsets/dup").status == 404

@@ -119,3 +119,13 @@ def test_pod_security_levels() -> None:
     reject, warnings = admission.check("DaemonSet", {"spec": {"template": {"spec": spec}}},
                                        {"pod-security.kubernetes.io/enforce": "baseline"})
     assert reject is None and warnings[0].startswith('would violate PodSecurity "baseline:latest"')
+
+
+def test_duplicate_keys_in_applied_lists_are_found() -> None:
+    cfg = {"spec": {"template": {"spec": {"containers": [{"name": "a"}, {"name": "b", "env": [
+        {"name": "X"}, {"name": "X"}]}]}}}}
+    dup = apply.first_duplicate(cfg, "DaemonSet")
+    assert dup is not None
+    assert apply.path_string(dup[0]) == '.spec.template.spec.containers[name="b"].env'
+    assert apply.path_string((dup[1],)) == '[name="X"]'
+    assert apply.first_duplicate({"spec": {"tolerations": [{"k": 1}, {"k": 1}]}}, "DaemonSet") is None

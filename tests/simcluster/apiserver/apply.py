@@ -99,6 +99,28 @@ def _walk(value: Any, path: Path, names: tuple[str, ...], kind: str, out: FieldS
     out.add(path)
 
 
+def first_duplicate(value: Any, kind: str, path: Path = (), names: tuple[str, ...] = ()) -> Optional[tuple[Path, str]]:
+    """(list path, key) of the first associative-list key that appears twice in an applied configuration."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = first_duplicate(v, kind, (*path, "f:" + k), (*names, k))
+            if found:
+                return found
+    elif isinstance(value, list) and names and not _is_atomic(names, kind):
+        keys = _list_keys(names[-1], names[-2] if len(names) > 1 else None)
+        if keys and all(isinstance(i, dict) for i in value):
+            seen: set[str] = set()
+            for item in value:
+                key = item_key(item, keys)
+                if key in seen:
+                    return path, key
+                seen.add(key)
+                found = first_duplicate(item, kind, (*path, key), (*names, names[-1]))
+                if found:
+                    return found
+    return None
+
+
 def to_fields_v1(fs: FieldSet) -> dict[str, Any]:
     root: dict[str, Any] = {}
     for p in sorted(fs):

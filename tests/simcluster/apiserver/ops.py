@@ -385,6 +385,15 @@ class Api:
         if not cfg.get("apiVersion") or not cfg.get("kind"):
             raise errors.bad_request("invalid object type: /, Kind=")
         cfg = self._check_body(rd, ns, cfg, name)
+        if cfg["metadata"].get("managedFields"):
+            raise errors.bad_request("metadata.managedFields must be nil")
+        dup = apply.first_duplicate(apply.drop_nulls(cfg), rd.kind)
+        if dup is not None:
+            # What the real server answers when the applied object cannot be made a typed value.
+            gvk = f"{rd.api_version}, Kind={rd.kind}" if rd.group else f"/{rd.version}, Kind={rd.kind}"
+            text = (f"failed to create typed patch object ({gvk}): {apply.path_string(dup[0])}: duplicate entries "
+                    f"for key {apply.path_string((dup[1],))}")
+            raise ApiError(500, "InternalError", f"Internal error occurred: {text}", {"causes": [{"message": text}]})
         with self.write_lock:
             old = self.store.get(rd.key, ns if rd.namespaced else "", name)
             try:
