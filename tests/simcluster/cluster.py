@@ -124,7 +124,7 @@ class SimCluster:
             token = component_token(admin, f"simcluster-kubelet-{node.name}")
             client = ApiClient(self.api.url, token, ca_path, f"kubelet/{node.name}")
             kubelet = Kubelet(client, node.name, node.dir, node.host_root, node.containerd.address, port, ca_pem,
-                              agent_argv(), self.services)
+                              agent_argv(), self.services, prepare_host=node.layout_host_root)
             self.kubelets.append(kubelet.start())
         self.info = {
             "name": self.name, "api_url": self.api.url, "ca_path": ca_path,

@@ -25,7 +25,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import grpc
 
@@ -327,6 +327,8 @@ class PodWorker:
             return
         log_path, term_path = self._paths(run)
         term_path.write_bytes(b"")
+        with contextlib.suppress(OSError):
+            self.kubelet.prepare_host()
         mounts.append(Mount(str(self.hosts_path), "/etc/hosts", "file"))
         mounts.append(Mount(str(term_path), str(run.spec.get("terminationMessagePath") or "/dev/termination-log"),
                             "file"))
@@ -591,7 +593,8 @@ class Kubelet:
     """One simulated node's kubelet. ``services`` is a shared Service informer (for /etc/hosts)."""
 
     def __init__(self, client: ApiClient, node_name: str, node_dir: Path, host_root: Path, cri_address: str,
-                 api_port: int, ca_pem: bytes, agent_argv: list[str], services: Informer) -> None:
+                 api_port: int, ca_pem: bytes, agent_argv: list[str], services: Informer,
+                 prepare_host: Optional[Callable[[], None]] = None) -> None:
         self.client = client
         self.node_name = node_name
         self.pods_dir = node_dir / "pods"
@@ -602,6 +605,8 @@ class Kubelet:
         self.ca_pem = ca_pem
         self.agent_argv = agent_argv
         self.services = services
+        # Re-links the host root's CRI sockets if containerd was restarted (a new socket inode).
+        self.prepare_host = prepare_host or (lambda: None)
         self.events = EventRecorder(client, "kubelet", node_name)
         self.stopping = threading.Event()
         self.workers: dict[str, PodWorker] = {}

@@ -287,3 +287,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_agent_reaches_containerd_after_a_restart(sim: SimCluster, api: ApiClient) -> None:
+    node = sim.nodes[2]
+    assert node.containerd is not None
+    node.containerd.restart()  # a new socket inode: the host root's links must follow it
+    ns = namespace(api, "t-restart")
+    api.create("ConfigMap", {"metadata": {"name": "pf", "namespace": ns}, "data": {"images.txt": IMAGE + "\n"}}, ns)
+    ds = daemonset(sim, ns, FETCH)
+    ds["spec"]["template"]["spec"].update(
+        nodeSelector={"kubernetes.io/hostname": node.name},
+        volumes=[{"name": "cri", "hostPath": {"path": "/var/run/containerd"}},
+                 {"name": "list", "configMap": {"name": "pf"}}])
+    api.create("DaemonSet", ds, ns)
+    wait_for(lambda: ds_status(api, ns).get("numberAvailable") == 1, what="1 available")
+    (pod,) = pods(api, ns)
+    summary = json.loads(pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["message"])
+    assert summary["node"] == node.name and summary["failed"] == 0, summary
