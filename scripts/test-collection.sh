@@ -242,8 +242,14 @@ assert_clean_failure() {
 
 closed_port_localhost() {
   local rc
-  rc=$(playbook "$work/closed-local.log" --check -e flavor=vanilla -e images_file=images.txt -e kubeconfig=kubeconfig)
-  assert_clean_failure "$work/closed-local.log" "$rc" localhost
+  rc=$(playbook "$work/closed-local.log" --check -e flavor=vanilla -e images_file=images.txt -e kubeconfig=kubeconfig \
+    -e context=closed)
+  assert_clean_failure "$work/closed-local.log" "$rc" localhost || return 1
+  # -e context reaches the modules: an unknown context is named in the error.
+  rc=$(playbook "$work/closed-context.log" --check -e images_file=images.txt -e kubeconfig=kubeconfig -e context=nope)
+  cat "$work/closed-context.log"
+  [ "$rc" -ne 0 ] && grep -q '^fatal: \[localhost\].*nope' "$work/closed-context.log" \
+    && ! grep -q Traceback "$work/closed-context.log"
 }
 needs closed-port-localhost install && step closed-port-localhost closed_port_localhost
 
@@ -263,7 +269,8 @@ needs closed-port-inventory install && step closed-port-inventory closed_port_in
 rendered() {
   local rc
   rc=$(playbook "$work/rendered.log" -e state=rendered -e dest=out/prefetch.yaml -e flavor=ocp -e name=demo \
-    -e namespace=prefetch -e images_file=images.txt -e images=registry.test:5000/team/extra:v3,registry.test:5000/x:1)
+    -e namespace=prefetch -e images_file=images.txt -e images=registry.test:5000/team/extra:v3,registry.test:5000/x:1 \
+    -e secret=team-pull)
   cat "$work/rendered.log"
   [ "$rc" -eq 0 ] || { echo "--- exit code $rc"; return 1; }
   python3 - "$run_dir/out/prefetch.yaml" <<'EOF' || return 1
@@ -277,11 +284,15 @@ images = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["images.txt"]
 for image in ["registry.test:5000/team/app:v1", "registry.test:5000/team/db:v2", "registry.test:5000/team/extra:v3",
               "registry.test:5000/x:1"]:
     assert image in images, f"{image} not in the image list: {images!r}"
+ds = next(d for d in docs if d["kind"] == "DaemonSet")
+secrets = [v["secret"]["secretName"] for v in ds["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+assert secrets == ["team-pull"], f"pull secret volumes: {secrets}"
 print(f"{sys.argv[1]}: {len(docs)} objects: {sorted(k for k, _ in kinds)}")
 EOF
   # Same settings again: the file is not rewritten.
   rc=$(playbook "$work/rendered-again.log" -e state=rendered -e dest=out/prefetch.yaml -e flavor=ocp -e name=demo \
-    -e namespace=prefetch -e images_file=images.txt -e images=registry.test:5000/team/extra:v3,registry.test:5000/x:1)
+    -e namespace=prefetch -e images_file=images.txt -e images=registry.test:5000/team/extra:v3,registry.test:5000/x:1 \
+    -e secret=team-pull)
   if [ "$rc" -ne 0 ] || ! grep -q 'localhost *: .*changed=0' "$work/rendered-again.log"; then
     cat "$work/rendered-again.log"; echo "second identical render failed or changed something"; return 1
   fi
