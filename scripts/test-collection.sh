@@ -79,7 +79,7 @@ if needs sanity build-tree; then
   skipped=$(grep -i -E 'skipping|skipped' "$work/logs/sanity.log" | grep -v '^WARNING: Location' | sort -u)
   [ -n "$skipped" ] && notes+=("sanity skipped: $(echo "$skipped" | tr '\n' ';')")
   count=$(grep -c '^Running sanity test' "$work/logs/sanity.log")
-  notes+=("sanity ran $count tests")
+  notes+=("sanity ran $count tests; compile and import on Python 3.11 only (--python 3.11: the controller's Python)")
 fi
 
 # The oldest ansible-core the collection supports (requires_ansible >=2.16), in its own build tree so that the two
