@@ -45,7 +45,8 @@ class CriClient:
         self.runtime = cri_pb2_grpc.RuntimeServiceStub(self.channel)
 
     async def version(self, timeout: float) -> cri_pb2.VersionResponse:
-        return await self.runtime.Version(cri_pb2.VersionRequest(version="v1"), timeout=timeout, wait_for_ready=True)
+        # Fail fast (no wait_for_ready): the start-up wait polls, and keeps the connect error as the reason.
+        return await self.runtime.Version(cri_pb2.VersionRequest(version="v1"), timeout=timeout)
 
     async def pull_image(self, image: str, credential: Credential | None, timeout: float) -> str:
         """PullImage; returns image_ref. Waits for a (re)connecting channel within the timeout."""
