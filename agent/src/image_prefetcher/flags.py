@@ -68,7 +68,9 @@ class Flag:
             return format_duration(self.default)
         if self.kind == "string" or self.kind == "choice":
             return f'"{self.default}"' if self.default else ""
-        return str(self.default).lower() if self.kind == "bool" else str(self.default)
+        if self.kind == "bool":
+            return "true" if self.default else ""
+        return str(self.default) if self.default else ""  # pflag leaves zero values out of the help
 
 
 def _parse_go_int(raw: str) -> int:
@@ -144,7 +146,7 @@ def flag_usage(flags: Sequence[Flag]) -> str:
     for flag in flags:
         kind = "" if flag.kind == "bool" else (" " + ("string" if flag.kind == "choice" else flag.kind))
         default = flag.default_text()
-        suffix = f" (default {default})" if default and not (flag.kind == "bool" and flag.default is False) else ""
+        suffix = f" (default {default})" if default else ""
         rows.append((f"      --{flag.name}{kind}", f"{flag.help}{suffix}"))
     rows.append(("  -h, --help", "help for this command"))
     width = max(len(left) for left, _ in rows) + 3
