@@ -27,4 +27,4 @@ cri_pb2 / cri_pb2_grpc: CRI runtime.v1 subset (RuntimeServiceStub, ImageServiceS
 metrics_pb2 / metrics_pb2_grpc: the upstream metrics service (/Metrics/Submit).
 """
 PY
-echo "proto.sh: generated $(ls "$out"/image_prefetcher/_proto | tr '\n' ' ')" >&2
+echo "proto.sh: generated code in $out/image_prefetcher/_proto" >&2

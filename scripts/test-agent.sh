@@ -4,7 +4,7 @@
 # runtime the agent image is built on). Exits non-zero if either run fails.
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-cd "$top"
+cd "$top" || exit 1
 status=0
 
 echo "== agent tests (.venv: $(.venv/bin/python -c 'import grpc, google.protobuf as p; print("grpcio", grpc.__version__, "protobuf", p.__version__)'))"
