@@ -43,6 +43,7 @@ from image_prefetcher.summary import RunReport, build_summary, write_termination
 POST_RUN_GRACE_SECONDS = 7.0
 INTERRUPTED_POST_RUN_SECONDS = 5.0
 MIN_STEP_SECONDS = 0.5
+STEP_MARGIN_SECONDS = 0.2  # a step ends its own work this long before its budget's hard timeout
 EXIT_CODES = {"terminated": 128 + signal.SIGTERM, "interrupt": 128 + signal.SIGINT}
 _SIGNAL_NAMES = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupt"}
 
@@ -64,8 +65,35 @@ class Extensions:
 
 
 def build_extensions(options: FetchOptions, log: Logger) -> Extensions:
-    """Issue 5 wires credential provider plugins, metrics and node labelling in here."""
-    return Extensions()
+    """Issue 5: credential provider plugins (tried before the pull secret), pull metrics, node labels."""
+    from image_prefetcher.credprovider import plugin_source
+    from image_prefetcher.metrics import MetricsRecorder, submit_metrics
+    from image_prefetcher.nodelabels import LABEL_DEADLINE_S, update_node_labels
+
+    extensions = Extensions()
+    # The run's Deadline starts a moment later, so this bound for plugin execs errs on the safe side
+    # (asyncio's loop clock is time.monotonic).
+    overall_end = time.monotonic() + to_seconds(options.overall_timeout)
+    config, bin_dir = options.image_credential_provider_config, options.image_credential_provider_bin_dir
+    plugins = plugin_source(config, bin_dir, overall_end)
+    if plugins is not None:
+        extensions.credential_sources.append(plugins)
+    if options.metrics_endpoint:
+        recorder = MetricsRecorder()
+        extensions.observers.append(recorder.observe)
+
+        async def submit(_report: RunReport, budget: float) -> None:
+            await submit_metrics(options.metrics_endpoint, recorder, time.monotonic() + budget - STEP_MARGIN_SECONDS)
+
+        extensions.post_run_steps.append(PostRunStep("metrics submission", submit))
+
+    async def label(report: RunReport, budget: float) -> None:
+        present = {image: r.outcome in ("ok", "skipped") for image, r in report.results.items()}
+        deadline_s = min(LABEL_DEADLINE_S, budget - STEP_MARGIN_SECONDS)
+        await update_node_labels(present, report.complete, deadline_s=deadline_s)
+
+    extensions.post_run_steps.append(PostRunStep("node labels", label))
+    return extensions
 
 
 def node_name() -> str:
