@@ -140,3 +140,26 @@ def test_a_missing_plugin_binary_is_fatal_at_start(
         f"Error: failed to initialize credential provider plugins: plugin binary registry-auth not found in {empty}"
         in result.stderr
     )
+
+
+def test_plugin_credentials_are_tried_before_the_pull_secrets(
+    auth_node: ContainerdNode, testdir: Path, run_agent: Any, credentials: tuple[str, str]
+) -> None:
+    """A pull secret with a wrong password for the same registry: the plugin's (right) login is tried first."""
+    config, exec_log = write_config(testdir, credentials)
+    docker_config = testdir / "config.json"
+    wrong = {"auths": {REGISTRY_NAME: {"username": credentials[0], "password": "wrong-password"}}}
+    docker_config.write_text(json.dumps(wrong))
+    result = run_agent(
+        auth_node.socket,
+        PRIVATE[:1],
+        *plugin_flags(config),
+        f"--docker-config={docker_config}",
+        "--overall-timeout=60s",
+        timeout_s=90,
+    )
+    assert result.rc == 0, result.describe()
+    assert result.summary is not None and result.summary["ok"] == 1, result.describe()
+    assert result.summary["attempts"] == 1, result.describe()  # the first credential (the plugin's) worked
+    assert len(execs(exec_log)) == 1
+    assert "authNum=0" in result.stderr and "authNum=1" not in result.stderr
