@@ -12,6 +12,7 @@ stop both servers cleanly and exit 0 (upstream is killed); `/healthz` answers `o
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import signal
 import socket
@@ -28,6 +29,7 @@ log = get_logger()
 
 RESULT_FIELDS = ("attempt_id", "started_at", "image", "error", "duration_ms", "node", "size_bytes")
 NOT_FOUND_BODY = b"404 page not found\n"
+_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)  # then listen on IPv4 only
 # Go's encoding/json HTML-safe escaping plus its line/paragraph separator escapes.
 _GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
@@ -148,7 +150,7 @@ def _listen_http(port: int, store: ResultStore) -> ThreadingHTTPServer:
     try:
         return _DualStackHTTPServer(("::", port), handler)
     except OSError as err:
-        if err.errno not in (socket.EAI_FAMILY, 97, 99):  # no IPv6 here: fall back to IPv4 only
+        if err.errno not in _NO_IPV6:  # anything but "no IPv6 here" is a real listen error
             raise CommandError(f"failed to listen on :{port}: {_reason(err)}") from None
     try:
         server = ThreadingHTTPServer(("0.0.0.0", port), handler)
@@ -174,7 +176,7 @@ def _probe_port(port: int) -> None:
             probe.bind((host, port))
             return
         except OSError as err:
-            if family == socket.AF_INET6 and err.errno in (97, 99):
+            if family == socket.AF_INET6 and err.errno in _NO_IPV6:
                 continue
             raise CommandError(f"failed to listen on :{port}: {_reason(err)}") from None
         finally:
