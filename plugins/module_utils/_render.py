@@ -415,6 +415,10 @@ def render(settings: Settings) -> list[Obj]:
     return t.cast("list[Obj]", json.loads(json.dumps(objects)))
 
 
+# Characters a YAML reader normalises to '\n' (or drops) inside a literal block scalar.
+_BLOCK_UNSAFE = ("\r", "\x85", "\u2028", "\u2029")
+
+
 def to_yaml(objects: t.Sequence[Obj]) -> str:
     """A multi-document YAML stream (`---` before each object); multi-line strings as literal blocks."""
     if not HAS_YAML:
@@ -424,7 +428,11 @@ def to_yaml(objects: t.Sequence[Obj]) -> str:
         pass
 
     def _string(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-        style = "|" if "\n" in value else None
+        style = None
+        if "\n" in value:
+            # A literal block keeps its text only when no other character reads as a line break: a YAML
+            # reader turns a raw NEL (U+0085) or CR into '\n'. Such text is double-quoted, with escapes.
+            style = '"' if any(char in value for char in _BLOCK_UNSAFE) else "|"
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     _Dumper.add_representer(str, _string)

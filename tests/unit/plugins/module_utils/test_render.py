@@ -125,6 +125,18 @@ def test_yaml_round_trips_awkward_strings() -> None:
     assert parse_image_list(config_map["data"]["images.txt"]) == awkward
 
 
+@pytest.mark.parametrize("odd", ["b\x85c:1", "b\rc:1", "b\u2028c:1", "b\u2029c:1"])
+def test_yaml_keeps_characters_a_literal_block_would_turn_into_line_breaks(odd: str) -> None:
+    # QA: a NEL inside an entry came back from the `yaml`/dest text as a line break, splitting one entry in two,
+    # so `kubectl apply -f dest` gave the nodes another list than the module applied. Such text is double-quoted.
+    images = ["registry.test:5000/team/app:v1", odd]
+    objects = rendered(images=images)
+    text = to_yaml(objects)
+    assert list(yaml.safe_load_all(text)) == objects
+    assert parse_image_list(by_kind(list(yaml.safe_load_all(text)), "ConfigMap")["data"]["images.txt"]) == images
+    assert "images.txt: |" in to_yaml(rendered())  # plain lists keep the readable literal block
+
+
 def test_render_is_deterministic_and_unaliased() -> None:
     first, second = rendered(), rendered()
     assert first == second
