@@ -38,8 +38,12 @@ mypy_run() {  # mypy_run NAME MYPYPATH PATH...
   MYPYPATH=$path run "mypy $name" "$venv/mypy" --explicit-package-bases --no-error-summary "$@"
 }
 [ -d agent/src/image_prefetcher ] && mypy_run agent agent/src agent/src/image_prefetcher
-for d in tests/infra tests/simcluster tests/e2e; do
+for d in tests/infra tests/simcluster tests/e2e tests/agent_image tests/simcluster_tests; do
   [ -d "$d" ] && mypy_run "$d" tests "$d"
+done
+# The agent's tests import their own helpers (casedata, fakecri, conftest fixtures) from their directory.
+for d in tests/agent/unit tests/agent/integration; do
+  [ -d "$d" ] && mypy_run "$d" "tests:agent/src:$d" "$d"
 done
 [ -d bench ] && mypy_run bench "bench:tests" bench
 mypy_run scripts scripts scripts/*.py

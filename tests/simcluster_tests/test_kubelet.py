@@ -55,7 +55,7 @@ def test_env_values_field_refs_and_key_refs() -> None:
 
 
 def test_missing_key_ref_is_a_config_error_unless_optional() -> None:
-    ref = {"name": "nope", "key": "k"}
+    ref: dict[str, object] = {"name": "nope", "key": "k"}
     container: Obj = {"name": "c", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": ref}}]}
     with pytest.raises(VolumeError, match="couldn't find key k"):
         container_env(container, PodContext(POD, "n"), lookup_from({}), {})

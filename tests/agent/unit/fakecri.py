@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+
 from image_prefetcher._proto import cri_pb2, cri_pb2_grpc
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from image_prefetcher.classify import Action, ErrorClass, PullError, classify, decide, redact
 from image_prefetcher.engine import ImageResult
 from image_prefetcher.logs import configure_logging

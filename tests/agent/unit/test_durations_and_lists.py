@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from casedata import upstream_cases
+
 from image_prefetcher.durations import DurationError, format_duration, format_seconds, parse_duration
 from image_prefetcher.errors import CommandError
 from image_prefetcher.imagelist import load_images, parse_image_list, unique_in_order

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 from fakecri import HANG, OK, Action, FakeCri, fail
+
 from image_prefetcher.cri import CriClient
 from image_prefetcher.engine import Deadline, PullAttempt, PullEngine, PullSettings
 from image_prefetcher.keyring import Credential

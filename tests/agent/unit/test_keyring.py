@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from casedata import upstream_cases
+
 from image_prefetcher.keyring import (
     ConfigError,
     Credential,

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from casedata import REPO
+
 from image_prefetcher._proto import cri_pb2, cri_pb2_grpc, metrics_pb2, metrics_pb2_grpc
 
 GENERATED = REPO / "agent" / "src" / "image_prefetcher" / "_proto"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import pytest
 
@@ -30,7 +30,7 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._apply import (
     resolve_instance,
     validate_object_shapes,
 )
-from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import ResourceInfo
+from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import Cluster, ResourceInfo
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
     ConflictError,
     MissingSecretError,
@@ -402,7 +402,8 @@ class FakeApiServer:
 
 
 def applier(server: FakeApiServer, **options: Any) -> Applier:
-    return Applier(server, **options)
+    # The fake API server implements the part of Cluster that Applier uses.
+    return Applier(cast(Cluster, server), **options)
 
 
 def prepared_server(secret: bool = False, level: Optional[str] = None) -> FakeApiServer:

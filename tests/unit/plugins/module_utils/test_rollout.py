@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import pytest
 
-from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import ResourceInfo, WatchExpiredError
+from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import Cluster, ResourceInfo, WatchExpiredError
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import RolloutError
 from ansible_collections.stackrox.prefetch.plugins.module_utils._rollout import (
     RAW_SUMMARY_LIMIT,
@@ -54,6 +54,11 @@ SUMMARY_FAILED = {
     "failed": 1,
     "errors": {"r/missing:v1": "not_found: manifest unknown"},
 }
+
+
+def as_cluster(fake: Any) -> Cluster:
+    """The scripted fake implements the part of Cluster that RolloutWaiter uses (get, list, watch)."""
+    return cast(Cluster, fake)
 
 
 def daemonset(
@@ -590,7 +595,7 @@ def test_waiter_completes_on_watch_events_and_resumes_from_the_last_version() ->
             "daemonsets": [[], [with_version("MODIFIED", daemonset(), "13")]],
         },
     )
-    waiter = RolloutWaiter(cluster, "imgs", "prefetch", timeout=30)
+    waiter = RolloutWaiter(as_cluster(cluster), "imgs", "prefetch", timeout=30)
     state = waiter.wait(start)
     assert state.daemonset is not None and daemonset_progress(state.daemonset).done
     assert cluster.watch_versions["pods"][:2] == ["10", "11"]
@@ -603,7 +608,7 @@ def test_waiter_lists_again_after_410_gone() -> None:
         watches={"daemonsets": [WatchExpiredError()], "pods": []},
     )
     cluster.relists["daemonsets"] = [[daemonset()]]  # only the list after the 410 sees the finished DaemonSet
-    waiter = RolloutWaiter(cluster, "imgs", "prefetch", timeout=30)
+    waiter = RolloutWaiter(as_cluster(cluster), "imgs", "prefetch", timeout=30)
     state = waiter.wait(start)
     assert state.daemonset is not None and daemonset_progress(state.daemonset).done
     assert cluster.list_calls["daemonsets"] == 2
@@ -625,7 +630,7 @@ def test_waiter_times_out_with_the_partial_report() -> None:
         watches={},
     )
     clock_values = iter([0.0, 0.0] + [100.0] * 50)
-    waiter = RolloutWaiter(cluster, "imgs", "prefetch", timeout=5, clock=lambda: next(clock_values))
+    waiter = RolloutWaiter(as_cluster(cluster), "imgs", "prefetch", timeout=5, clock=lambda: next(clock_values))
     with pytest.raises(RolloutError) as raised:
         waiter.wait(start)
     message = str(raised.value)
@@ -644,7 +649,7 @@ def test_waiter_fails_at_once_when_no_node_matches() -> None:
         "involvedObject": {"kind": "DaemonSet", "name": "imgs"},
     }
     cluster = ScriptedCluster(lists={"daemonsets": [start], "pods": [], "events": [failed_create]}, watches={})
-    waiter = RolloutWaiter(cluster, "imgs", "prefetch", timeout=600)
+    waiter = RolloutWaiter(as_cluster(cluster), "imgs", "prefetch", timeout=600)
     with pytest.raises(RolloutError, match="schedules no pods") as raised:
         waiter.wait(start)
     assert "PodSecurity" in str(raised.value)
