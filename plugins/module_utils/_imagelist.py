@@ -10,6 +10,7 @@ is exactly what every node will pull.
 
 from __future__ import annotations
 
+import re
 import typing as t
 
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import ValidationError
@@ -21,6 +22,15 @@ GO_WHITESPACE = (
     "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
     "\u2028\u2029\u202f\u205f\u3000"
 )
+
+# The reference grammar of distribution/reference (regexp.go), which containerd and CRI-O parse every image with.
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])"
+_NAME = re.compile(rf"(?:{_HOST}(?::[0-9]+)?/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
+_NAME_MAX = 255
 
 # A ConfigMap's whole data must stay below 1 MiB; leave room for the object's metadata.
 MAX_LIST_BYTES = 1000 * 1024
@@ -106,3 +116,43 @@ def check_image_list_size(images: t.Sequence[str]) -> None:
         raise ValidationError(
             f"the image list is {size} bytes, more than the {MAX_LIST_BYTES} bytes a ConfigMap can carry"
         )
+
+
+def reference_problem(image: str) -> t.Optional[str]:
+    """Why ``image`` is not an image reference the nodes' runtime can parse, or None when it is one.
+
+    The check follows distribution/reference: ``name[:tag][@digest]``, lower-case path components, a name of at
+    most 255 characters. It only informs (the agent reports such an image as ``invalid_reference`` on every node).
+    """
+    name, at, digest = image.partition("@")
+    if at and not _DIGEST.fullmatch(digest):
+        return f"digest {digest!r} is not '<algorithm>:<hex>'"
+    slash, colon = name.rfind("/"), name.rfind(":")
+    tag = ""
+    if colon > slash:
+        name, tag = name[:colon], name[colon + 1 :]
+        if not _TAG.fullmatch(tag):
+            return f"tag {tag!r} is not valid"
+    if not _NAME.fullmatch(name):
+        if name.lower() != name and _NAME.fullmatch(name.lower()):
+            return "the repository must be lower-case"
+        return "it does not match the reference format"
+    if len(name) > _NAME_MAX:
+        return f"the repository name is longer than {_NAME_MAX} characters"
+    return None
+
+
+def reference_warning(images: t.Sequence[str], shown: int = 3) -> t.Optional[str]:
+    """One warning naming the entries that are not image references (the first ``shown`` of them), or None."""
+    problems = []
+    for image in unique_images(images):
+        problem = reference_problem(image)
+        if problem is not None:
+            problems.append(f"{image!r} ({problem})")
+    if not problems:
+        return None
+    more = f" and {len(problems) - shown} more" if len(problems) > shown else ""
+    return (
+        f"{len(problems)} image list entr{'y is' if len(problems) == 1 else 'ies are'} not a valid image reference, "
+        f"every node will fail {'it' if len(problems) == 1 else 'them'}: {', '.join(problems[:shown])}{more}"
+    )

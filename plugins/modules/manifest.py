@@ -128,6 +128,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.text.converters import to_bytes, to_native
 
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import PrefetchError
+from ansible_collections.stackrox.prefetch.plugins.module_utils._imagelist import reference_warning
 from ansible_collections.stackrox.prefetch.plugins.module_utils._render import (
     HAS_YAML,
     config_hash,
@@ -202,6 +203,9 @@ def main() -> None:
         settings = validate_settings(settings_params)
     except PrefetchError as error:
         module.fail_json(msg=f"prefetch instance {module.params['name']!r}: {error}")
+    warning = reference_warning(settings.images)
+    if warning:
+        module.warn(f"prefetch instance {settings.name!r}: {warning}")
     objects = render(settings)
     content = to_yaml(objects)
     result: dict[str, t.Any] = {

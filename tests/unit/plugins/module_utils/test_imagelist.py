@@ -19,6 +19,8 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._imagelist impor
     image_list_text,
     parse_image_list,
     read_image_list_file,
+    reference_problem,
+    reference_warning,
     unique_images,
 )
 
@@ -121,3 +123,51 @@ def test_size_limit_of_a_config_map() -> None:
     check_image_list_size(fits)
     with pytest.raises(ValidationError, match=r"the image list is \d+ bytes, more than the 1024000 bytes"):
         check_image_list_size([*fits, image])
+
+
+# --- Image references (QA: an invalid entry was only found out on every node, after the apply) ----------------------
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "nginx",
+        "nginx:1.25",
+        "registry.test:5000/team/app:v1",
+        "localhost:5000/a_b__c-d/e.f:tag",
+        "[::1]:5000/x:1",
+        "REGISTRY.Example.COM/app:1",
+        "app@sha256:" + "a" * 64,
+        "app:1@sha256:" + "b" * 64,
+        "ghcr.io/o/r:" + "t" * 128,
+    ],
+)
+def test_valid_references_have_no_problem(image: str) -> None:
+    assert reference_problem(image) is None
+
+
+@pytest.mark.parametrize(
+    ("image", "problem"),
+    [
+        ("registry.test:5000/e2e/Invalid:v1", "the repository must be lower-case"),
+        ("app:1  # main image", "tag '1  # main image' is not valid"),
+        ("app@sha256:zz", "digest 'sha256:zz' is not '<algorithm>:<hex>'"),
+        ("app:" + "t" * 129, "is not valid"),
+        ("a b", "it does not match the reference format"),
+        ("https://quay.io/app:1", "it does not match the reference format"),
+        ("\ufeffapp:1", "it does not match the reference format"),
+        ("a/" * 128 + "b", "longer than 255 characters"),
+    ],
+)
+def test_invalid_references_are_named(image: str, problem: str) -> None:
+    assert problem in (reference_problem(image) or "")
+
+
+def test_reference_warning_names_each_bad_entry_once() -> None:
+    assert reference_warning(["a:1", "b:2"]) is None
+    warning = reference_warning(["a:1", "Bad:1", "x y", "Bad:1"]) or ""
+    assert warning.startswith("2 image list entries are not a valid image reference, every node will fail them: ")
+    assert warning.count("'Bad:1'") == 1 and "'x y'" in warning
+    many = reference_warning([f"Bad{index}:1" for index in range(5)], shown=3) or ""
+    assert many.endswith(" and 2 more") and "'Bad3:1'" not in many
+    assert (reference_warning(["Bad:1"]) or "").startswith("1 image list entry is not a valid image reference")

@@ -203,3 +203,19 @@ def test_missing_pyyaml_fails_cleanly() -> None:
     with mock.patch.object(manifest, "HAS_YAML", False):
         result = fail(base_args())
     assert "PyYAML" in result["msg"]
+
+
+def test_invalid_references_warn_but_render() -> None:
+    # QA: the entry still goes to the nodes (the agent reports it per node), but the user hears of it at once.
+    with mock.patch.object(basic.AnsibleModule, "warn") as warn:
+        result = run(base_args(images=[*IMAGES, "registry.test:5000/team/App:v1"]))
+    assert "registry.test:5000/team/App:v1" in result["objects"][3]["data"]["images.txt"]
+    (message,), _kwargs = warn.call_args
+    assert message.startswith("prefetch instance 'my-images': 1 image list entry is not a valid image reference")
+    assert "'registry.test:5000/team/App:v1' (the repository must be lower-case)" in message
+
+
+def test_valid_references_do_not_warn() -> None:
+    with mock.patch.object(basic.AnsibleModule, "warn") as warn:
+        run(base_args())
+    warn.assert_not_called()
