@@ -10,6 +10,7 @@ config, then the default kubeconfig.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -72,6 +73,59 @@ _IMPERSONATION_HEADERS = {"impersonate_user": "Impersonate-User", "impersonate_g
 _FALSE_WORDS = ("0", "false", "no")
 # Settings that only say how to reach the server; everything else in AUTH_ARG_MAP overrides the loaded config.
 _LOADER_ONLY = ("kubeconfig", "context", "persist_config")
+
+
+# Keys of a kubeconfig given as a dict whose values are secrets (anywhere in it); paths such as token-file stay visible.
+_SECRET_KEY = re.compile(
+    r"^(token|password|passwd|secret|client-key-data|key-data|api[-_]?key|access[-_]token|id[-_]token"
+    r"|refresh[-_]token|client[-_]secret|.*[-_]secret|.*[-_]password|.*[-_]token)$",
+    re.IGNORECASE,
+)
+
+
+def _leaf_strings(value: Any) -> list[str]:
+    if isinstance(value, Mapping):
+        return [text for item in value.values() for text in _leaf_strings(item)]
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in _leaf_strings(item)]
+    if value is None or isinstance(value, bool):
+        return []
+    return [str(value)]
+
+
+def _kubeconfig_secrets(value: Any, parent: str = "") -> list[str]:
+    """Every secret leaf of a kubeconfig dict: users[].user credentials, auth-provider config, exec env values."""
+    secrets: list[str] = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            name = str(key)
+            if _SECRET_KEY.match(name) or (name == "config" and parent == "auth-provider"):
+                secrets.extend(_leaf_strings(item))
+            elif name == "env" and parent == "exec" and isinstance(item, list):
+                for entry in item:
+                    if isinstance(entry, Mapping) and "value" in entry:
+                        secrets.extend(_leaf_strings(entry["value"]))
+            else:
+                secrets.extend(_kubeconfig_secrets(item, name))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            secrets.extend(_kubeconfig_secrets(item, parent))
+    return secrets
+
+
+def kubeconfig_secrets(kubeconfig: Any) -> set[str]:
+    """The secret values of a kubeconfig given as a dict (empty for a path or nothing)."""
+    if not isinstance(kubeconfig, Mapping):
+        return set()
+    return {secret for secret in _kubeconfig_secrets(kubeconfig) if secret.strip()}
+
+
+def protect_kubeconfig_secrets(module: Any) -> None:
+    """Add the secrets of a dict ``kubeconfig`` to ``module.no_log_values``, so every result masks them.
+
+    Call it right after the AnsibleModule is made, before anything can be returned.
+    """
+    module.no_log_values.update(kubeconfig_secrets(module.params.get("kubeconfig")))
 
 
 def _env_bool(value: str) -> bool:

@@ -176,6 +176,7 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._auth import (
     HAS_KUBERNETES,
     KUBERNETES_IMPORT_ERROR,
     build_api_client,
+    protect_kubeconfig_secrets,
 )
 from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import Cluster
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import PrefetchError, ValidationError
@@ -258,6 +259,7 @@ def run(module: AnsibleModule, applier_factory: t.Callable[[t.Any], Applier]) ->
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    protect_kubeconfig_secrets(module)
     if not HAS_KUBERNETES:
         module.fail_json(msg=missing_required_lib("kubernetes"), exception=KUBERNETES_IMPORT_ERROR)
     params = module.params

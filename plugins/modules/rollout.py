@@ -217,6 +217,7 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._auth import (
     HAS_KUBERNETES,
     KUBERNETES_IMPORT_ERROR,
     build_api_client,
+    protect_kubeconfig_secrets,
 )
 from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import Cluster
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
@@ -293,6 +294,7 @@ def run(module: AnsibleModule) -> None:
 
 def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    protect_kubeconfig_secrets(module)
     if not HAS_KUBERNETES:
         module.fail_json(msg=missing_required_lib("kubernetes"), exception=KUBERNETES_IMPORT_ERROR)
     try:

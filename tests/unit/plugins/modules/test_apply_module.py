@@ -22,6 +22,10 @@ LABELS = {
 CONFIG_MAP = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "imgs", "namespace": "p", "labels": LABELS}}
 
 
+REAL_EXIT = basic.AnsibleModule.exit_json
+REAL_FAIL = basic.AnsibleModule.fail_json
+
+
 class AnsibleExitJson(Exception):
     pass
 
@@ -108,3 +112,25 @@ def test_unreachable_cluster_is_one_line(no_cluster: mock.MagicMock) -> None:
     result = fail({"objects": [CONFIG_MAP]})
     assert result["msg"] == "cannot reach the Kubernetes API server at https://h: refused"
     assert "exception" not in result
+
+
+TOKEN = "s3cr3t-token-value-apply"
+KUBECONFIG: dict[str, t.Any] = {
+    "clusters": [{"name": "c", "cluster": {"server": "https://h:6443", "certificate-authority": "/etc/ca.crt"}}],
+    "users": [{"name": "u", "user": {"token": TOKEN, "client-certificate": "/etc/cert.pem"}}],
+    "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
+    "current-context": "ctx",
+}
+
+
+def test_dict_kubeconfig_token_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    exits = mock.patch.multiple(basic.AnsibleModule, exit_json=REAL_EXIT, fail_json=REAL_FAIL)
+    with module_args({"state": "present", "kubeconfig": KUBECONFIG}), exits, pytest.raises(SystemExit):
+        apply.main()
+    output = capsys.readouterr().out
+    result = json.loads(output)
+    assert result["failed"] is True and "needs objects" in result["msg"]
+    assert TOKEN not in output
+    assert (
+        result["invocation"]["module_args"]["kubeconfig"]["users"][0]["user"]["client-certificate"] == "/etc/cert.pem"
+    )

@@ -15,6 +15,9 @@ from ansible.module_utils.common.text.converters import to_bytes
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import ClusterUnreachableError
 from ansible_collections.stackrox.prefetch.plugins.modules import rollout
 
+REAL_EXIT = basic.AnsibleModule.exit_json
+REAL_FAIL = basic.AnsibleModule.fail_json
+
 
 class AnsibleExitJson(Exception):
     pass
@@ -87,3 +90,49 @@ def test_unreachable_cluster_is_one_line(no_cluster: mock.MagicMock) -> None:
     result = fail({"name": "imgs", "namespace": "p"})
     assert result["msg"] == "cannot reach the Kubernetes API server at https://h: refused"
     assert "exception" not in result
+
+
+TOKEN = "s3cr3t-token-value-rollout"
+KUBECONFIG: dict[str, t.Any] = {
+    "apiVersion": "v1",
+    "kind": "Config",
+    "clusters": [{"name": "c", "cluster": {"server": "https://h:6443", "certificate-authority": "/etc/ca.crt"}}],
+    "users": [
+        {"name": "u", "user": {"token": TOKEN, "client-key-data": "S0VZREFUQQ==", "password": "pw-value-x"}},
+        {
+            "name": "o",
+            "user": {"auth-provider": {"name": "oidc", "config": {"id-token": "idtok-1", "idp-url": "iss-1"}}},
+        },
+        {"name": "e", "user": {"exec": {"command": "/bin/get", "env": [{"name": "SECRET_ENV", "value": "envval-1"}]}}},
+    ],
+    "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
+    "current-context": "ctx",
+}
+SECRETS = (TOKEN, "S0VZREFUQQ==", "pw-value-x", "idtok-1", "iss-1", "envval-1")
+
+
+def real_output(args: dict[str, t.Any], capsys: pytest.CaptureFixture[str]) -> str:
+    """main() with the real exit_json/fail_json: the JSON Ansible would get."""
+    exits = mock.patch.multiple(basic.AnsibleModule, exit_json=REAL_EXIT, fail_json=REAL_FAIL)
+    with module_args(args), exits, pytest.raises(SystemExit):
+        rollout.main()
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"timeout": 0}, {}],
+    ids=["validation-failure", "error-message-quoting-the-token"],
+)
+def test_dict_kubeconfig_secrets_are_masked(
+    extra: dict[str, t.Any], no_cluster: mock.MagicMock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    no_cluster.side_effect = ClusterUnreachableError(f"cannot use token {TOKEN}")
+    output = real_output({"name": "imgs", "namespace": "p", "kubeconfig": KUBECONFIG, **extra}, capsys)
+    result = json.loads(output)
+    assert result["failed"] is True
+    for secret in SECRETS:
+        assert secret not in output
+    shown = result["invocation"]["module_args"]["kubeconfig"]
+    assert shown["clusters"][0]["cluster"]["certificate-authority"] == "/etc/ca.crt"
+    assert shown["users"][2]["user"]["exec"]["command"] == "/bin/get"
