@@ -43,6 +43,7 @@ from simcluster.volumes import (
     container_mounts,
     hosts_file,
     materialise_volume,
+    remove_pod_volumes,
 )
 
 log = logging.getLogger(__name__)
@@ -447,16 +448,24 @@ class PodWorker:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # whatever the container left behind in its group
             self._exited_for_deletion(run, proc.returncode)
+        deleted = self.gone
         if self.deleting and not self.gone and not self.kubelet.stopping.is_set():
             with contextlib.suppress(ApiError, OSError):
                 self._write_status()
             try:
                 self.kubelet.client.delete("Pod", self.name, self.namespace, grace_period_seconds=0, uid=self.uid)
+                deleted = True
             except ApiError as exc:
-                if exc.status not in (404, 409):
+                deleted = exc.status in (404, 409)  # already gone, or replaced by a pod with another uid
+                if not deleted:
                     log.warning("deleting pod %s/%s: %s", self.namespace, self.name, exc)
             except OSError as exc:
                 log.warning("deleting pod %s/%s: %s", self.namespace, self.name, exc)
+        if deleted:  # no secret may outlive its pod on disk; logs stay for debugging
+            try:
+                remove_pod_volumes(self.dir)
+            except OSError as exc:
+                log.warning("removing volumes of pod %s/%s: %s", self.namespace, self.name, exc)
 
     def _exited_for_deletion(self, run: ContainerRun, code: Optional[int]) -> None:
         code = 128 - code if code is not None and code < 0 else (code or 0)

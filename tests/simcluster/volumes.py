@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,6 +220,17 @@ def materialise_volume(volume: Obj, pod_dir: Path, host_root: Path, ctx: PodCont
         return target
     kinds = [k for k in volume if k != "name"]
     raise VolumeError(f'MountVolume.SetUp failed for volume "{name}" : volume type {kinds} is not simulated')
+
+
+def remove_pod_volumes(pod_dir: Path) -> None:
+    """The kubelet's volume teardown once the pod is deleted: the materialised files (secrets, tokens, config maps)
+    and emptyDirs go; container logs and termination messages stay for debugging. hostPath volumes are not under
+    the pod directory and are left alone; symbolic links are removed, never followed."""
+    volumes = pod_dir / "volumes"
+    if volumes.is_symlink():
+        volumes.unlink()
+    elif volumes.exists():
+        shutil.rmtree(volumes)
 
 
 def _project(source: Obj, target: Path, ctx: PodContext, lookup: Lookup, token: Callable[[Obj], str],

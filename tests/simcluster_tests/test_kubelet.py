@@ -7,11 +7,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from simcluster.client import ApiError
 from simcluster.kubelet import ContainerRun, PodWorker, default_pull_policy
 from simcluster.podexec import __file__ as podexec_path
 from simcluster.volumes import (
@@ -22,6 +24,7 @@ from simcluster.volumes import (
     host_path,
     hosts_file,
     materialise_volume,
+    remove_pod_volumes,
 )
 
 Obj = dict[str, Any]
@@ -128,6 +131,80 @@ class _StubKubelet:
 
     def __init__(self, tmp: Path) -> None:
         self.pods_dir = tmp
+
+
+class _StubClient:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.deleted: list[tuple[str, str, str | None]] = []
+        self.error = error
+
+    def delete(self, kind: str, name: str, namespace: str | None = None, grace_period_seconds: int | None = None,
+               uid: str | None = None) -> None:
+        if self.error is not None:
+            raise self.error
+        self.deleted.append((kind, name, namespace))
+
+    def merge_patch(self, kind: str, name: str, patch: Obj, namespace: str | None = None,
+                    subresource: str | None = None) -> Obj:
+        return {}
+
+
+class _DeletingKubelet(_StubKubelet):
+    def __init__(self, tmp: Path, client: _StubClient, stopping: bool = False) -> None:
+        super().__init__(tmp)
+        self.client = client
+        event = threading.Event()
+        if stopping:
+            event.set()
+        self.stopping = event  # type: ignore[assignment]
+
+
+def _worker_with_secret_volume(kubelet: _StubKubelet) -> PodWorker:
+    pod = json.loads(json.dumps(POD))
+    pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    pod["spec"]["volumes"] = [{"name": "pull-secret", "secret": {"secretName": "s"}}]
+    worker = PodWorker(kubelet, pod)  # type: ignore[arg-type]
+    secret = {"data": {".dockerconfigjson": base64.b64encode(b'{"auths":{}}').decode()}}
+    worker.volume_paths = {"pull-secret": materialise_volume(
+        pod["spec"]["volumes"][0], worker.dir, kubelet.pods_dir, PodContext(pod, "n"),
+        lookup_from({("Secret", "s"): secret}), lambda _s: "token", b"")}
+    (worker.dir / "containers" / "prefetch").mkdir(parents=True)
+    (worker.dir / "containers" / "prefetch" / "0.log").write_text("log line\n")
+    assert (worker.dir / "volumes" / "pull-secret" / ".dockerconfigjson").exists()
+    return worker
+
+
+@pytest.mark.parametrize("error", [None, ApiError(404, {"reason": "NotFound"}), ApiError(409, {"reason": "Conflict"})])
+def test_a_deleted_pod_leaves_no_volume_files_but_keeps_its_logs(tmp_path: Path, error: ApiError | None) -> None:
+    client = _StubClient(error)
+    worker = _worker_with_secret_volume(_DeletingKubelet(tmp_path, client))
+    worker._terminate()
+    assert client.deleted == ([] if error else [("Pod", "pf-abcde", "ns")])
+    assert not (worker.dir / "volumes").exists()
+    assert (worker.dir / "containers" / "prefetch" / "0.log").read_text() == "log line\n"
+
+
+def test_volumes_stay_while_the_pod_exists(tmp_path: Path) -> None:
+    # The kubelet stops (simulated node shutdown) but the pod object still exists; a failed delete keeps them too.
+    worker = _worker_with_secret_volume(_DeletingKubelet(tmp_path, _StubClient(), stopping=True))
+    worker._terminate()
+    assert (worker.dir / "volumes" / "pull-secret" / ".dockerconfigjson").exists()
+    server_error = _StubClient(ApiError(500, {"reason": "InternalError"}))
+    failing = _worker_with_secret_volume(_DeletingKubelet(tmp_path / "b", server_error))
+    failing._terminate()
+    assert (failing.dir / "volumes" / "pull-secret").exists()
+
+
+def test_remove_pod_volumes_does_not_follow_links(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    pod_dir = tmp_path / "pod"
+    (pod_dir / "volumes" / "v").mkdir(parents=True)
+    (pod_dir / "volumes" / "link").symlink_to(outside)
+    remove_pod_volumes(pod_dir)
+    assert not (pod_dir / "volumes").exists() and (outside / "keep").exists()
+    remove_pod_volumes(pod_dir)  # nothing left: no error
 
 
 def test_pod_status_phases_and_conditions(tmp_path: Path) -> None:
