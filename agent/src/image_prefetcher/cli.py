@@ -227,8 +227,61 @@ def _dispatch_command(name: str, rest: list[str]) -> int:
         print(_help_text(command.name, command.summary, command.usage, command.flags), end="")
         return 0
     except FlagError as err:
-        raise FlagError(f"{err} (see '{PROG} {command.name} --help')") from None
-    return command.run(parsed)
+        error = FlagError(f"{err} (see '{PROG} {command.name} --help')")
+        if command.name == "fetch":
+            _write_fatal_summary(termination_log_from_argv(command.flags, rest), str(error))
+        raise error from None
+    if command.name != "fetch":
+        return command.run(parsed)
+    try:
+        return command.run(parsed)
+    except (FlagError, CommandError) as err:
+        _write_fatal_summary(str(parsed.values.get("termination_log") or ""), str(err))
+        raise
+
+
+def termination_log_from_argv(flags: Sequence[Flag], argv: Sequence[str]) -> str | None:
+    """`--termination-log` of a command line that did not parse: its value, the default when the flag is not
+    given, None when its value cannot be told (the flag is last, without a value). Scans as parse_flags does."""
+    by_name = {flag.name: flag for flag in flags}
+    path: str | None = next(flag.default for flag in flags if flag.name == "termination-log")
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            break
+        if not arg.startswith("--"):
+            continue
+        name, has_value, value = arg[2:].partition("=")
+        flag = by_name.get(name)
+        if flag is None or has_value or flag.kind == "bool":
+            if name == "termination-log":
+                path = value
+            continue
+        if i >= len(argv):
+            if name == "termination-log":
+                path = None
+            break
+        if name == "termination-log":
+            path = argv[i]
+        i += 1
+    return path
+
+
+def _write_fatal_summary(path: str | None, message: str) -> None:
+    """DESIGN.md: a `fetch` that cannot run still leaves `complete:false`, zero counts and `fatal` for the
+    rollout module. Never fatal itself."""
+    if not path:
+        return
+    import os
+    import socket
+
+    from image_prefetcher.logs import get_logger
+    from image_prefetcher.summary import build_fatal_summary, write_termination_log
+
+    node = os.environ.get("NODE_NAME") or socket.gethostname()
+    write_termination_log(path, build_fatal_summary(node, message), get_logger())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -186,7 +186,8 @@ class FetchRun:
                 attempts=report.attempts,
                 complete=report.complete,
             )
-            write_termination_log(self.options.termination_log, build_summary(report), self.log)
+            if fatal is None:  # else the command line writes the `fatal` summary (DESIGN.md), as for bad input
+                write_termination_log(self.options.termination_log, build_summary(report), self.log)
             await self._interruptible(self._post_run(report, cri, deadline))
         finally:
             for signum in _SIGNAL_NAMES:

@@ -90,6 +90,40 @@ def build_summary(report: RunReport, limit: int = SUMMARY_LIMIT) -> bytes:
     return build(max(kept_errors, 0), 0, True)
 
 
+def one_line(text: str) -> str:
+    """Collapse whitespace (newlines included) so a reason stays on one line."""
+    return " ".join(text.split())
+
+
+def build_fatal_summary(node: str, reason: str, seconds: float = 0.0, limit: int = SUMMARY_LIMIT) -> bytes:
+    """The summary of a run that could not start (DESIGN.md): `complete:false`, zero counts and `fatal`.
+
+    `reason` is the one-line error `fetch` prints (its texts never carry secrets); it is shortened to fit `limit`.
+    """
+    base: dict[str, Any] = {
+        "v": FORMAT_VERSION,
+        "node": node,
+        "complete": False,
+        "ok": 0,
+        "failed": 0,
+        "skipped": 0,
+        "bytes": 0,
+        "seconds": round(seconds, 2),
+        "attempts": 0,
+        "errors": {},
+        "retries": {},
+        "truncated": False,
+    }
+    text = one_line(reason)
+
+    def build(length: int) -> bytes:
+        shown = text if length >= len(text) else text[: max(length - 1, 0)] + "\u2026"
+        return _encode({**base, "fatal": shown})
+
+    kept = _largest_fitting(build, len(text), limit)
+    return build(max(kept, 0))
+
+
 def write_termination_log(path: str, content: bytes, log: Logger) -> bool:
     """Write the summary; skipped when the file's directory does not exist (not in a pod). Never fatal."""
     if not path or not os.path.isdir(os.path.dirname(os.path.abspath(path))):

@@ -140,6 +140,11 @@ def test_a_missing_plugin_binary_is_fatal_at_start(
         f"Error: failed to initialize credential provider plugins: plugin binary registry-auth not found in {empty}"
         in result.stderr
     )
+    summary = result.summary  # DESIGN.md: complete:false, zero counts and the printed error as `fatal`
+    assert summary is not None and summary["complete"] is False, result.describe()
+    assert (summary["ok"], summary["failed"], summary["attempts"]) == (0, 0, 0), result.describe()
+    assert "Error: " + summary["fatal"] in result.stderr, result.describe()
+    assert credentials[1] not in json.dumps(summary)
 
 
 def test_plugin_credentials_are_tried_before_the_pull_secrets(

@@ -11,7 +11,7 @@ import pytest
 from image_prefetcher.classify import Action, ErrorClass, PullError, classify, decide, redact
 from image_prefetcher.engine import ImageResult
 from image_prefetcher.logs import configure_logging
-from image_prefetcher.summary import RunReport, build_summary, write_termination_log
+from image_prefetcher.summary import RunReport, build_fatal_summary, build_summary, write_termination_log
 
 CONTAINERD_ERRORS = [
     (
@@ -125,3 +125,24 @@ def test_termination_log_skipped_without_directory(tmp_path: Path) -> None:
     target = tmp_path / "termination-log"
     assert write_termination_log(str(target), b'{"v":1}', log)
     assert target.read_bytes() == b'{"v":1}'
+
+
+def test_fatal_summary_is_one_line_and_fits() -> None:
+    summary = json.loads(build_fatal_summary("node-1", "bad\nthing  here", seconds=0.123))
+    assert summary == {
+        "v": 1,
+        "node": "node-1",
+        "complete": False,
+        "ok": 0,
+        "failed": 0,
+        "skipped": 0,
+        "bytes": 0,
+        "seconds": 0.12,
+        "attempts": 0,
+        "errors": {},
+        "retries": {},
+        "truncated": False,
+        "fatal": "bad thing here",
+    }
+    long = build_fatal_summary("node-1", "é" * 5000)
+    assert len(long) <= 4096 and json.loads(long)["fatal"].endswith("\u2026")

@@ -144,10 +144,57 @@ def test_fetch_help_shows_go_defaults(capsys: pytest.CaptureFixture[str]) -> Non
         assert text in out
 
 
-def test_fetch_error_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_main(capsys, "fetch", "--overall-timeout=5")
+def read_summary(path: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads(path.read_bytes())
+    return summary
+
+
+def assert_fatal_summary(path: Path, err: str) -> dict[str, Any]:
+    """DESIGN.md: complete:false, zero counts and `fatal` = the printed one-line error, within 4096 bytes."""
+    assert len(path.read_bytes()) <= 4096
+    summary = read_summary(path)
+    assert summary["complete"] is False
+    assert [summary[key] for key in ("ok", "failed", "skipped", "bytes", "attempts")] == [0, 0, 0, 0, 0]
+    assert summary["errors"] == {} and summary["retries"] == {}
+    assert "Error: " + summary["fatal"] == err.splitlines()[-1]
+    return summary
+
+
+def test_fetch_error_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run_main(capsys, "fetch", "--overall-timeout=5", f"--termination-log={tmp_path}/t")
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith('Error: invalid argument "5" for "--overall-timeout" flag')
+    assert_fatal_summary(tmp_path / "t", err)
+
+
+def test_invalid_flag_value_after_validation_writes_fatal(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_main(capsys, "fetch", "--overall-timeout=0s", "--termination-log", f"{tmp_path}/t")
+    assert code == 1
+    assert_fatal_summary(tmp_path / "t", err)["fatal"].startswith("--overall-timeout must be greater than 0")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], "/dev/termination-log"),
+        (["--termination-log=/x/t", "--bogus"], "/x/t"),
+        (["--bogus", "--termination-log", "/x/t"], "/x/t"),
+        (["--docker-config", "--termination-log", "img"], "/dev/termination-log"),  # the docker config's value
+        (["--debug", "--termination-log", "/x/t", "--overall-timeout=5"], "/x/t"),
+        (["--overall-timeout=5", "--termination-log"], None),  # its value cannot be told: no summary
+        (["--", "--termination-log=/x/t"], "/dev/termination-log"),  # after --: an image name
+    ],
+)
+def test_termination_log_of_an_unparsable_command_line(argv: list[str], expected: str | None) -> None:
+    assert cli.termination_log_from_argv(FETCH_FLAGS, argv) == expected
+
+
+def test_flag_error_without_a_usable_termination_log_writes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, _ = run_main(capsys, "fetch", "--overall-timeout=5", "--termination-log")
+    assert code == 1 and list(tmp_path.iterdir()) == []
 
 
 def test_sleep_rejects_flags(capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,6 +208,7 @@ def test_unreadable_list_fails_before_cri(capsys: pytest.CaptureFixture[str], tm
     )
     assert code == 1
     assert err.splitlines()[-1] == f"Error: open {tmp_path}/none.txt: no such file or directory"
+    assert_fatal_summary(tmp_path / "t", err)
 
 
 def test_bad_docker_config_is_fatal_without_secrets(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -173,6 +221,10 @@ def test_bad_docker_config_is_fatal_without_secrets(capsys: pytest.CaptureFixtur
         "illegal base64 data at input byte 4"
     )
     assert "s3cr3t" not in err
+    summary = assert_fatal_summary(tmp_path / "t", err)
+    assert "illegal base64 data" in summary["fatal"]
+    text = (tmp_path / "t").read_text()
+    assert "s3cr3t" not in text and "pants" not in text
 
 
 # --- processes -----------------------------------------------------------------------------------------
@@ -222,9 +274,8 @@ def test_missing_cri_socket_fails_within_the_connect_timeout(tmp_path: Path) -> 
         f"socket {tmp_path}/cri.sock does not exist"
     )
     assert time.monotonic() - started < 1 + 10
-    summary = json.loads((tmp_path / "termination-log").read_text())
-    assert summary["complete"] is False and summary["failed"] == 1
-    assert summary["errors"]["img"].startswith("unavailable: CRI runtime at")
+    summary = assert_fatal_summary(tmp_path / "termination-log", err)
+    assert summary["fatal"].startswith(f"CRI runtime at unix://{tmp_path}/cri.sock did not answer within 1s")
 
 
 def test_socket_appearing_late_is_waited_for(tmp_path: Path) -> None:
