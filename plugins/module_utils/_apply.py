@@ -34,6 +34,8 @@ NAME_VALUE = "image-prefetcher"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "stackrox.prefetch"
+# On the cluster-scoped objects: the namespace of the instance that owns them (their names carry no namespace).
+NAMESPACE_LABEL = "prefetch.stackrox.io/namespace"
 PSA_PREFIX = "pod-security.kubernetes.io/"
 PSA_ENFORCE = PSA_PREFIX + "enforce"
 # Both levels forbid hostPath volumes (and privileged containers), which the DaemonSet needs for the CRI socket.
@@ -137,6 +139,36 @@ def resolve_instance(objects: list[dict[str, Any]], name: Optional[str], namespa
 def instance_selector(name: str) -> str:
     """The label selector that finds every object of an instance (DESIGN.md "Rendered objects")."""
     return f"{NAME_LABEL}={NAME_VALUE},{INSTANCE_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+
+
+def foreign_namespace(obj: dict[str, Any], namespace: str) -> Optional[str]:
+    """The other namespace a cluster-scoped object belongs to, or None when it is ``namespace``'s (or unknown).
+
+    The owner is the namespace label; a binding whose ServiceAccount subject is elsewhere belongs there too
+    (also for objects made before the label existed).
+    """
+    owner = _labels(obj).get(NAMESPACE_LABEL)
+    if owner and owner != namespace:
+        return str(owner)
+    for subject in obj.get("subjects") or []:
+        if isinstance(subject, dict) and subject.get("kind") == "ServiceAccount":
+            subject_namespace = subject.get("namespace")
+            if subject_namespace and subject_namespace != namespace:
+                return str(subject_namespace)
+    return None
+
+
+def check_cluster_scoped_owner(live: dict[str, Any], kind: str, instance: Instance) -> None:
+    """Fail when a cluster-scoped object of the instance's name belongs to the same name in another namespace."""
+    other = foreign_namespace(live, instance.namespace)
+    if other is not None:
+        name = (live.get("metadata") or {}).get("name", "?")
+        raise ValidationError(
+            f"{kind} {name} belongs to instance {instance.name} in namespace {other}, not namespace "
+            f"{instance.namespace}: cluster-scoped objects are named after the instance alone, so two instances "
+            f"of one name cannot live in two namespaces; choose another instance name for namespace "
+            f"{instance.namespace}"
+        )
 
 
 def place_object(obj: dict[str, Any], info: ResourceInfo, namespace: str) -> dict[str, Any]:
@@ -286,6 +318,11 @@ def result_entry(obj: dict[str, Any], action: str) -> dict[str, Any]:
     }
 
 
+def _key(info: ResourceInfo, obj: dict[str, Any]) -> tuple[str, str, str]:
+    metadata = obj.get("metadata") or {}
+    return (info.kind, str(metadata.get("name")), str(metadata.get("namespace") or ""))
+
+
 def _target_of(obj: dict[str, Any]) -> str:
     metadata = obj.get("metadata") or {}
     return object_target(str(obj.get("kind")), str(metadata.get("name")), metadata.get("namespace"))
@@ -334,11 +371,39 @@ class Applier:
         placed_objects = [obj for obj, _info in placed]
         namespace_exists = self._check_namespace(instance.namespace, placed_objects, create_namespace)
         self._check_secrets(placed_objects, instance.namespace, namespace_exists)
+        self._check_cluster_scoped_owners(placed, instance)
         plan = [self._plan(obj, info, namespace_exists) for obj, info in placed]
+        stale = self._stale_objects(instance, placed, namespace_exists)
         if not namespace_exists:
             self._create_namespace(instance.namespace)
         for planned in plan:
             self._execute(planned)
+        # Objects no longer rendered go after the new ones are in place (the DaemonSet stops using them first).
+        self._delete(stale)
+
+    def _check_cluster_scoped_owners(
+        self, placed: list[tuple[dict[str, Any], ResourceInfo]], instance: Instance
+    ) -> None:
+        for obj, info in placed:
+            if not info.namespaced:
+                live = self.cluster.get(info, obj["metadata"]["name"], None)
+                if live is not None:
+                    check_cluster_scoped_owner(live, info.kind, instance)
+
+    def _stale_objects(
+        self, instance: Instance, placed: list[tuple[dict[str, Any], ResourceInfo]], namespace_exists: bool
+    ) -> list[tuple[dict[str, Any], ResourceInfo]]:
+        """The instance's live objects (found as absent finds them) that the given objects no longer include."""
+        wanted = {_key(info, obj) for obj, info in placed}
+        found = self._find_instance_objects(instance, [], namespaced=namespace_exists)
+        return [(obj, info) for obj, info in found if _key(info, obj) not in wanted]
+
+    def _delete(self, pairs: list[tuple[dict[str, Any], ResourceInfo]]) -> None:
+        """Delete in reverse apply order; check mode asks the server for a dry-run only."""
+        for obj, info in reversed(apply_order(pairs)):
+            metadata = obj["metadata"]
+            deleted = self.cluster.delete(info, metadata["name"], metadata.get("namespace"), dry_run=self.check_mode)
+            self._record(obj, "deleted" if deleted else "absent", obj, None)
 
     def _check_namespace(self, namespace: str, objects: list[dict[str, Any]], create_namespace: bool) -> bool:
         live = self.cluster.get(self.cluster.resource_for("v1", "Namespace"), namespace)
@@ -394,14 +459,17 @@ class Applier:
 
     def absent(self, instance: Instance, objects: list[dict[str, Any]], remove_node_labels: bool) -> None:
         found = self._find_instance_objects(instance, objects)
-        for obj, info in reversed(apply_order(found)):
-            metadata = obj["metadata"]
-            deleted = self.cluster.delete(info, metadata["name"], metadata.get("namespace"), dry_run=self.check_mode)
-            self._record(obj, "deleted" if deleted else "absent", obj, None)
+        # Workloads first, and their pods gone before the RBAC: a terminating agent still writes its node label.
+        workloads = [(obj, info) for obj, info in found if info.kind in _WORKLOAD_KINDS]
+        rest = [(obj, info) for obj, info in found if info.kind not in _WORKLOAD_KINDS]
+        self._delete(workloads)
+        if not self.check_mode:
+            self._wait_for_deletion(instance, workloads, pods=True)
+        self._delete(rest)
         for obj in self._missing_given_objects(objects, found, instance):
             self._record(obj, "absent")
         if not self.check_mode:
-            self._wait_for_deletion(instance, found)
+            self._wait_for_deletion(instance, rest, pods=False)
         if remove_node_labels:
             self._remove_node_labels(instance.name)
 
@@ -416,21 +484,32 @@ class Applier:
         return infos
 
     def _find_instance_objects(
-        self, instance: Instance, objects: list[dict[str, Any]]
+        self, instance: Instance, objects: list[dict[str, Any]], namespaced: bool = True
     ) -> list[tuple[dict[str, Any], ResourceInfo]]:
+        """The instance's objects: labelled ones in its namespace, cluster-scoped ones of its namespace, given ones.
+
+        Cluster-scoped objects of the same instance name in another namespace (NAMESPACE_LABEL, or a binding's
+        subject) are left alone.
+        """
         found: dict[tuple[str, str, str], tuple[dict[str, Any], ResourceInfo]] = {}
         selector = instance_selector(instance.name)
         for info in self._kinds_to_search(objects):
+            if info.namespaced and not namespaced:
+                continue
             items, _version = self.cluster.list_objects(info, instance.namespace if info.namespaced else None, selector)
             for item in items:
-                found[(info.kind, item["metadata"]["name"], item["metadata"].get("namespace") or "")] = (item, info)
+                if not info.namespaced and foreign_namespace(item, instance.namespace) is not None:
+                    continue
+                item.setdefault("kind", info.kind)
+                item.setdefault("apiVersion", info.api_version)
+                found[_key(info, item)] = (item, info)
         for obj in objects:  # given objects are deleted by name even when someone removed their labels
             info = self.cluster.resource_for(obj["apiVersion"], obj["kind"])
             placed = place_object(obj, info, instance.namespace)
             key = (info.kind, placed["metadata"]["name"], placed["metadata"].get("namespace") or "")
             if key not in found:
                 live = self.cluster.get(info, key[1], key[2] or None)
-                if live is not None:
+                if live is not None and (info.namespaced or foreign_namespace(live, instance.namespace) is None):
                     live.setdefault("kind", info.kind)
                     live.setdefault("apiVersion", info.api_version)
                     found[key] = (live, info)
@@ -450,7 +529,9 @@ class Applier:
                 missing.append(place_object(obj, info, instance.namespace))
         return missing
 
-    def _wait_for_deletion(self, instance: Instance, found: list[tuple[dict[str, Any], ResourceInfo]]) -> None:
+    def _wait_for_deletion(
+        self, instance: Instance, found: list[tuple[dict[str, Any], ResourceInfo]], pods: bool
+    ) -> None:
         deadline = self.clock() + self.wait_timeout
         selector = instance_selector(instance.name)
         groups: dict[ResourceInfo, set[str]] = {}
@@ -464,8 +545,10 @@ class Applier:
                     f"timed out after {int(self.wait_timeout)}s waiting for the deletion of {info.kind} "
                     f"{', '.join(sorted(left))} (finalizers?)"
                 )
-        pods = self.cluster.resource_for("v1", "Pod")
-        left = self._wait_until_gone(pods, instance.namespace, selector, None, deadline)
+        if not pods:
+            return
+        pod_info = self.cluster.resource_for("v1", "Pod")
+        left = self._wait_until_gone(pod_info, instance.namespace, selector, None, deadline)
         if left:
             self.warnings.append(
                 f"{len(left)} pod(s) of instance {instance.name} still terminating after "

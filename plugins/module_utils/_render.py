@@ -31,6 +31,9 @@ Obj = t.Dict[str, t.Any]  # noqa: UP006
 APP_NAME = "image-prefetcher"
 MANAGER = "stackrox.prefetch"
 CONFIG_HASH_ANNOTATION = "prefetch.stackrox.io/config-hash"
+# On cluster-scoped objects only: the namespace of the instance that owns them, since their names
+# (`<name>-node-labeler`, upstream's) are the same for instances of one name in different namespaces.
+NAMESPACE_LABEL = "prefetch.stackrox.io/namespace"
 REQUIRED_SCC_ANNOTATION = "openshift.io/required-scc"
 IMAGE_LIST_KEY = "images.txt"
 IMAGE_LIST_MOUNT = "/tmp/list"
@@ -76,6 +79,8 @@ def _metadata(
     if namespaced:
         metadata["namespace"] = settings.namespace
     metadata["labels"] = {**(labels or {}), **common_labels(settings)}
+    if not namespaced:
+        metadata["labels"][NAMESPACE_LABEL] = settings.namespace
     if annotations:
         metadata["annotations"] = dict(annotations)
     return metadata

@@ -632,3 +632,177 @@ def test_pods_still_terminating_after_the_wait_are_a_warning() -> None:
     run = applier(server, wait_timeout=30, clock=lambda: next(ticks))
     run.absent(INSTANCE, [], remove_node_labels=False)
     assert run.warnings == ["2 pod(s) of instance imgs still terminating after 30s: a, b"]
+
+
+# --- cluster-scoped objects shared by name across namespaces; pruning; deletion order -------------------------------
+
+NS_LABEL = "prefetch.stackrox.io/namespace"
+
+
+def cluster_rbac(namespace: str) -> list[dict[str, Any]]:
+    labels = {**LABELS, NS_LABEL: namespace}
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": meta("imgs-node-labeler", None, labels),
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch", "update"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": meta("imgs-node-labeler", None, labels),
+            "subjects": [{"kind": "ServiceAccount", "name": "imgs", "namespace": namespace}],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "imgs-node-labeler"},
+        },
+    ]
+
+
+def in_namespace(objects: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
+    moved = copy.deepcopy(objects)
+    for obj in moved:
+        if "namespace" in obj["metadata"]:
+            obj["metadata"]["namespace"] = namespace
+    return moved
+
+
+def instance_objects(namespace: str) -> list[dict[str, Any]]:
+    rest = [obj for obj in in_namespace(rendered(), namespace) if obj["kind"] != "ClusterRole"]
+    return [*rest, *cluster_rbac(namespace)]
+
+
+def two_namespace_server() -> FakeApiServer:
+    server = prepared_server()
+    other = namespace_obj(None)
+    other["metadata"]["name"] = "team-b"
+    server.put(other)
+    applier(server).present(instance_objects("prefetch"), INSTANCE, create_namespace=False)
+    server.writes.clear()
+    server.dry_runs.clear()
+    return server
+
+
+class TestSameNameInTwoNamespaces:
+    def test_present_in_another_namespace_fails_before_any_write(self) -> None:
+        server = two_namespace_server()
+        with pytest.raises(ValidationError) as raised:
+            applier(server).present(instance_objects("team-b"), Instance("imgs", "team-b"), create_namespace=False)
+        message = str(raised.value)
+        assert "\n" not in message
+        assert "belongs to instance imgs in namespace prefetch, not namespace team-b" in message
+        assert "choose another instance name for namespace team-b" in message
+        assert server.writes == [] and server.dry_runs == []
+        binding = server.store[("ClusterRoleBinding", "", "imgs-node-labeler")]
+        assert binding["subjects"][0]["namespace"] == "prefetch"
+
+    def test_unlabelled_binding_with_a_subject_elsewhere_also_conflicts(self) -> None:
+        server = two_namespace_server()
+        binding = server.store[("ClusterRoleBinding", "", "imgs-node-labeler")]
+        del binding["metadata"]["labels"][NS_LABEL]
+        role = server.store[("ClusterRole", "", "imgs-node-labeler")]
+        del role["metadata"]["labels"][NS_LABEL]
+        with pytest.raises(ValidationError, match="ClusterRoleBinding imgs-node-labeler belongs to instance imgs"):
+            applier(server).present(instance_objects("team-b"), Instance("imgs", "team-b"), create_namespace=False)
+        assert server.writes == []
+
+    def test_absent_in_another_namespace_leaves_the_cluster_rbac(self) -> None:
+        server = two_namespace_server()
+        run = applier(server)
+        run.absent(Instance("imgs", "team-b"), [], remove_node_labels=False)
+        assert server.writes == [] and run.objects == []
+        assert ("ClusterRole", "", "imgs-node-labeler") in server.store
+        assert ("ClusterRoleBinding", "", "imgs-node-labeler") in server.store
+
+    def test_absent_with_given_objects_of_another_namespace_leaves_the_cluster_rbac(self) -> None:
+        server = two_namespace_server()
+        run = applier(server)
+        run.absent(Instance("imgs", "team-b"), instance_objects("team-b"), remove_node_labels=False)
+        assert server.writes == [] and {entry["action"] for entry in run.objects} == {"absent"}
+
+    def test_absent_in_the_own_namespace_deletes_the_cluster_rbac(self) -> None:
+        server = two_namespace_server()
+        applier(server).absent(INSTANCE, [], remove_node_labels=False)
+        assert ("delete", "ClusterRoleBinding", "imgs-node-labeler") in server.writes
+        assert ("delete", "ClusterRole", "imgs-node-labeler") in server.writes
+
+
+def metrics_objects() -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta("imgs-metrics"), "spec": {"replicas": 1}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta("imgs-metrics"), "spec": {"type": "ClusterIP"}},
+    ]
+
+
+class TestPrune:
+    def deployed(self) -> FakeApiServer:
+        server = prepared_server()
+        applier(server).present([*rendered(), *metrics_objects()], INSTANCE, create_namespace=False)
+        server.put({"apiVersion": "v1", "kind": "Service", "metadata": meta("unrelated", labels={})})
+        server.writes.clear()
+        return server
+
+    def test_objects_no_longer_rendered_are_deleted_after_the_apply(self) -> None:
+        server = self.deployed()
+        run = applier(server)
+        run.present(rendered(), INSTANCE, create_namespace=False)
+        assert server.writes == [("delete", "Deployment", "imgs-metrics"), ("delete", "Service", "imgs-metrics")]
+        assert [(entry["kind"], entry["action"]) for entry in run.objects][-2:] == [
+            ("Deployment", "deleted"),
+            ("Service", "deleted"),
+        ]
+        assert run.changed and ("Service", "prefetch", "unrelated") in server.store
+
+    def test_check_mode_reports_the_deletions_and_diff_shows_them_removed(self) -> None:
+        server = self.deployed()
+        run = applier(server, check_mode=True, diff_mode=True)
+        run.present(rendered(), INSTANCE, create_namespace=False)
+        assert server.writes == [] and run.changed
+        assert [entry["action"] for entry in run.objects if entry["kind"] in ("Deployment", "Service")] == [
+            "deleted",
+            "deleted",
+        ]
+        removed = [diff for diff in run.diffs if diff["before_header"] == "Service prefetch/imgs-metrics"]
+        assert removed and removed[0]["after"] == {} and removed[0]["before"]["spec"] == {"type": "ClusterIP"}
+
+    def test_cluster_rbac_of_another_namespace_is_not_pruned(self) -> None:
+        server = two_namespace_server()
+        run = applier(server)
+        objects = [obj for obj in in_namespace(rendered(), "team-b") if obj["kind"] != "ClusterRole"]
+        run.present(objects, Instance("imgs", "team-b"), create_namespace=False)
+        assert not [write for write in server.writes if write[0] == "delete"]
+        assert ("ClusterRoleBinding", "", "imgs-node-labeler") in server.store
+
+
+class OrderRecordingServer(FakeApiServer):
+    """Records, in one timeline, the deletions and the moment the pods are waited for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeline: list[str] = []
+
+    def delete(self, info: ResourceInfo, name: str, namespace: Optional[str], dry_run: bool) -> bool:
+        self.timeline.append(f"delete {info.kind}")
+        return super().delete(info, name, namespace, dry_run)
+
+    def list_objects(
+        self, info: ResourceInfo, namespace: Optional[str] = None, label_selector: Optional[str] = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        if info.kind == "Pod":
+            self.timeline.append("pods gone?")
+        return super().list_objects(info, namespace, label_selector)
+
+
+def test_absent_waits_for_the_pods_before_deleting_the_rbac() -> None:
+    server = OrderRecordingServer()
+    server.put(namespace_obj(None))
+    applier(server).present([*instance_objects("prefetch"), *metrics_objects()], INSTANCE, create_namespace=False)
+    server.timeline.clear()
+    applier(server).absent(INSTANCE, [], remove_node_labels=False)
+    assert server.timeline[:3] == ["delete DaemonSet", "delete Deployment", "pods gone?"]
+    assert set(server.timeline[3:]) == {
+        "delete ClusterRoleBinding",
+        "delete ClusterRole",
+        "delete ConfigMap",
+        "delete Service",
+        "delete ServiceAccount",
+    }

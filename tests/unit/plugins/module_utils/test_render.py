@@ -20,6 +20,7 @@ import yaml
 from ansible_collections.stackrox.prefetch.plugins.module_utils._imagelist import parse_image_list
 from ansible_collections.stackrox.prefetch.plugins.module_utils._render import (
     CONFIG_HASH_ANNOTATION,
+    NAMESPACE_LABEL,
     config_hash,
     fetch_args,
     render,
@@ -364,6 +365,20 @@ def test_difference_common_labels_on_every_object_and_pod_template() -> None:
         assert workload["spec"]["template"]["metadata"]["labels"] == {"app": app, **COMMON_LABELS}
         # Selectors stay upstream's, so they keep matching pods of an upstream-made instance.
         assert workload["spec"]["selector"] == {"matchLabels": {"app": app}}
+
+
+def test_difference_cluster_scoped_objects_name_their_namespace() -> None:
+    objects = rendered(flavor="ocp", collect_metrics=True, namespace="team-a")
+    for obj in objects:
+        namespaced = "namespace" in obj["metadata"]
+        labels = obj["metadata"]["labels"]
+        assert (NAMESPACE_LABEL in labels) is not namespaced, obj["kind"]
+        if not namespaced:
+            assert labels[NAMESPACE_LABEL] == "team-a", obj["kind"]
+    assert {obj["kind"] for obj in objects if "namespace" not in obj["metadata"]} == {
+        "ClusterRole",
+        "ClusterRoleBinding",
+    }
 
 
 def test_difference_config_hash_annotation() -> None:

@@ -69,6 +69,8 @@ def strip_ours(objects: list[Obj]) -> list[Obj]:
         for metadata in (obj["metadata"], obj.get("spec", {}).get("template", {}).get("metadata", {})):
             for key in COMMON_LABEL_KEYS:
                 metadata.get("labels", {}).pop(key, None)
+            # Difference: the owning namespace's label on the cluster-scoped objects.
+            metadata.get("labels", {}).pop("prefetch.stackrox.io/namespace", None)
             _drop_empty(metadata, "labels")
             # Difference: the config-hash annotation on the DaemonSet's pod template.
             metadata.get("annotations", {}).pop("prefetch.stackrox.io/config-hash", None)
