@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 
 import grpc
 import grpc.aio
@@ -71,8 +72,30 @@ class CriClient:
         await self.channel.close()
 
 
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def not_a_socket(path: str) -> str | None:
+    """Why an existing `path` can never be the CRI socket, or None (a socket, or not statable: keep trying)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISSOCK(mode):
+        return None
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a socket file")
+    return f"CRI socket {path} is not a socket (it is {kind})"
+
+
 async def wait_for_runtime(client: CriClient, timeout: float) -> cri_pb2.VersionResponse:
-    """Wait (bounded) until the runtime answers Version; the socket file may appear late. One-line CommandError."""
+    """Wait (bounded) until the runtime answers Version; the socket file may appear late. One-line CommandError,
+    at once when the path exists but is not a socket."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     reason = f"socket {client.socket_path} does not exist"
@@ -81,9 +104,12 @@ async def wait_for_runtime(client: CriClient, timeout: float) -> cri_pb2.Version
         if remaining <= 0:
             waited = format_seconds(timeout)
             raise CommandError(f"CRI runtime at {client.target} did not answer within {waited}: {reason}")
-        if not os.path.exists(client.socket_path):
+        if not os.path.exists(client.socket_path):  # the runtime may start later: keep waiting
             await asyncio.sleep(min(_POLL_SECONDS, remaining))
             continue
+        problem = not_a_socket(client.socket_path)
+        if problem is not None:  # a directory or file never turns into a socket: fail at once
+            raise CommandError(problem)
         try:
             return await client.version(timeout=min(remaining, 5.0))
         except grpc.aio.AioRpcError as err:

@@ -278,6 +278,48 @@ def test_missing_cri_socket_fails_within_the_connect_timeout(tmp_path: Path) -> 
     assert summary["fatal"].startswith(f"CRI runtime at unix://{tmp_path}/cri.sock did not answer within 1s")
 
 
+@pytest.mark.parametrize("kind", ["directory", "regular file"])
+def test_a_cri_socket_path_that_is_not_a_socket_fails_at_once(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "cri.sock"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        path.write_text("")
+    started = time.monotonic()
+    code, _, err = finish(
+        start_agent(
+            "fetch",
+            f"--cri-socket={path}",
+            "--cri-connect-timeout=60s",
+            f"--termination-log={tmp_path}/termination-log",
+            "img",
+        )
+    )
+    assert code == 1
+    assert err.splitlines()[-1] == f"Error: CRI socket {path} is not a socket (it is a {kind})"
+    assert time.monotonic() - started < 15  # not the 60 s connect timeout
+    assert_fatal_summary(tmp_path / "termination-log", err)
+
+
+def test_not_a_socket_tells_the_kind(tmp_path: Path) -> None:
+    import socket as socketlib
+
+    from image_prefetcher.cri import not_a_socket
+
+    assert not_a_socket(str(tmp_path / "missing")) is None  # may appear later
+    server = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    try:
+        server.bind(str(tmp_path / "real.sock"))
+        assert not_a_socket(str(tmp_path / "real.sock")) is None
+        (tmp_path / "link.sock").symlink_to(tmp_path / "real.sock")
+        assert not_a_socket(str(tmp_path / "link.sock")) is None
+    finally:
+        server.close()
+    os.mkfifo(tmp_path / "fifo")
+    assert not_a_socket(str(tmp_path / "fifo")) == f"CRI socket {tmp_path}/fifo is not a socket (it is a named pipe)"
+    assert not_a_socket("/dev/null") == "CRI socket /dev/null is not a socket (it is a character device)"
+
+
 def test_socket_appearing_late_is_waited_for(tmp_path: Path) -> None:
     fake = FakeCri(tmp_path / "cri.sock")
     process = start_agent(
