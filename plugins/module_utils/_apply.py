@@ -462,14 +462,15 @@ class Applier:
         # Workloads first, and their pods gone before the RBAC: a terminating agent still writes its node label.
         workloads = [(obj, info) for obj, info in found if info.kind in _WORKLOAD_KINDS]
         rest = [(obj, info) for obj, info in found if info.kind not in _WORKLOAD_KINDS]
+        deadline = self.clock() + self.wait_timeout  # one bound for both waits
         self._delete(workloads)
         if not self.check_mode:
-            self._wait_for_deletion(instance, workloads, pods=True)
+            self._wait_for_deletion(instance, workloads, deadline, pods=True)
         self._delete(rest)
         for obj in self._missing_given_objects(objects, found, instance):
             self._record(obj, "absent")
         if not self.check_mode:
-            self._wait_for_deletion(instance, rest, pods=False)
+            self._wait_for_deletion(instance, rest, deadline, pods=False)
         if remove_node_labels:
             self._remove_node_labels(instance.name)
 
@@ -530,9 +531,8 @@ class Applier:
         return missing
 
     def _wait_for_deletion(
-        self, instance: Instance, found: list[tuple[dict[str, Any], ResourceInfo]], pods: bool
+        self, instance: Instance, found: list[tuple[dict[str, Any], ResourceInfo]], deadline: float, pods: bool
     ) -> None:
-        deadline = self.clock() + self.wait_timeout
         selector = instance_selector(instance.name)
         groups: dict[ResourceInfo, set[str]] = {}
         for obj, info in found:

@@ -20,9 +20,16 @@ description:
   - Idempotent. Each object is compared with the server's dry-run result, ignoring what the server maintains itself
     (resourceVersion, managedFields, generation, timestamps, uid, status); unchanged objects are not written, so a
     second identical run reports C(changed=false) and sends no write.
+  - O(state=present) also deletes the objects of the instance that O(objects) no longer include (found as
+    O(state=absent) finds them), after applying the others, for example the C(<name>-metrics) Deployment and Service
+    once C(collect_metrics) is off; they are reported with action C(deleted) (check mode deletes nothing).
   - O(state=absent) deletes every object of the instance found by the labels C(app.kubernetes.io/name=image-prefetcher),
     C(app.kubernetes.io/instance=<name>) and C(app.kubernetes.io/managed-by=stackrox.prefetch), namespaced and
-    cluster-scoped (ClusterRole, ClusterRoleBinding) alike, and waits until they and the DaemonSet's pods are gone.
+    cluster-scoped (ClusterRole, ClusterRoleBinding) alike. It deletes the DaemonSet and Deployment first and waits
+    until their pods are gone, then the RBAC and the rest, and waits until those are gone.
+  - The cluster-scoped objects belong to the namespace named by their label C(prefetch.stackrox.io/namespace) (or by a
+    binding's ServiceAccount subject). O(state=absent) leaves those of another namespace alone, and O(state=present)
+    fails before any write when they belong to the same instance name in another namespace.
 author:
   - stackrox.prefetch contributors (@stackrox)
 requirements:
@@ -84,7 +91,8 @@ options:
     default: false
   wait_timeout:
     description:
-      - With O(state=absent), how many seconds to wait until the deleted objects and the DaemonSet's pods are gone.
+      - With O(state=absent), how many seconds to wait, in all, until the deleted objects and the DaemonSet's pods are
+        gone (first the workloads and their pods, then the other objects).
       - Objects still present after that fail the task; pods still terminating only give a warning.
     type: int
     default: 120
