@@ -229,14 +229,14 @@ def _dispatch_command(name: str, rest: list[str]) -> int:
     except FlagError as err:
         error = FlagError(f"{err} (see '{PROG} {command.name} --help')")
         if command.name == "fetch":
-            _write_fatal_summary(termination_log_from_argv(command.flags, rest), str(error))
+            _write_fatal_summary(termination_log_from_argv(command.flags, rest), error_text(error))
         raise error from None
     if command.name != "fetch":
         return command.run(parsed)
     try:
         return command.run(parsed)
     except (FlagError, CommandError) as err:
-        _write_fatal_summary(str(parsed.values.get("termination_log") or ""), str(err))
+        _write_fatal_summary(str(parsed.values.get("termination_log") or ""), error_text(err))
         raise
 
 
@@ -284,13 +284,22 @@ def _write_fatal_summary(path: str | None, message: str) -> None:
     write_termination_log(path, build_fatal_summary(node, message), get_logger())
 
 
+def error_text(err: BaseException) -> str:
+    """The one line shown after `Error: ` (and kept as the summary's `fatal`). A multi-line message loses its quoted
+    source lines (PyYAML's errors quote the offending config lines, indented by 4 spaces, and those may hold
+    secrets); the rest is joined into one line."""
+    lines = str(err).splitlines()
+    kept = [line.strip() for line in lines if not line.startswith("    ") and line.strip()]
+    return " ".join(kept)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     try:
         return _dispatch(sys.argv[1:] if argv is None else argv)
     except RootError as err:
-        print(f"Error: {err}\nRun '{PROG} --help' for usage.", file=sys.stderr)
+        print(f"Error: {error_text(err)}\nRun '{PROG} --help' for usage.", file=sys.stderr)
         return 1
     except (FlagError, CommandError) as err:
-        print(f"Error: {err}", file=sys.stderr)
+        print(f"Error: {error_text(err)}", file=sys.stderr)
         return 1

@@ -227,6 +227,33 @@ def test_bad_docker_config_is_fatal_without_secrets(capsys: pytest.CaptureFixtur
     assert "s3cr3t" not in text and "pants" not in text
 
 
+def test_bad_credential_provider_yaml_is_one_line_without_its_source(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "credprovider.yaml"
+    config.write_text("kind: CredentialProviderConfig\nproviders:\n  - env: [{name: TOKEN, value: s3cr3t-token]\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    code, _, err = run_main(
+        capsys,
+        "fetch",
+        f"--image-credential-provider-config={config}",
+        f"--image-credential-provider-bin-dir={bin_dir}",
+        f"--termination-log={tmp_path}/t",
+        "img",
+    )
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("Error: failed to initialize credential provider plugins: failed to read credential "
+                          "provider config: error converting YAML to JSON: while parsing a flow mapping")
+    assert "line 3, column" in err and "s3cr3t" not in err
+    assert "s3cr3t" not in assert_fatal_summary(tmp_path / "t", err)["fatal"]
+
+
+def test_error_text_is_one_line() -> None:
+    assert cli.error_text(ValueError("a\n  in x, line 1:\n    secret: v\n    ^\nproblem")) == "a in x, line 1: problem"
+    assert cli.error_text(ValueError("plain")) == "plain"
+
+
 # --- processes -----------------------------------------------------------------------------------------
 
 
