@@ -166,7 +166,7 @@ def rollout_complete(daemonset: dict[str, Any], pods: list[dict[str, Any]]) -> P
     desired = int(_status(daemonset).get("desiredNumberScheduled") or 0)
     if len(current) < desired:
         return Progress(False, f"{len(current)}/{desired} current pods seen")
-    waiting = [pod for pod in current if prefetch_terminated(pod) is None]
+    waiting = [pod for pod in current if prefetch_terminated(pod) is None and start_failure(pod) is None]
     if waiting:
         return Progress(False, f"{len(waiting)} pod(s) have not finished the prefetch init container")
     return progress
@@ -187,7 +187,8 @@ def parse_summary(message: Optional[str]) -> tuple[Optional[dict[str, Any]], str
         parsed = json.loads(message)
     except ValueError:
         return None, f"unreadable summary: {_shorten(message)}"
-    if not isinstance(parsed, dict) or not all(key in parsed for key in ("ok", "failed")):
+    fatal = parsed.get("fatal") if isinstance(parsed, dict) else None
+    if not isinstance(parsed, dict) or not (fatal or all(key in parsed for key in ("ok", "failed"))):
         return None, f"unexpected summary: {_shorten(message)}"
     errors: dict[str, Any] = parsed["errors"] if isinstance(parsed.get("errors"), dict) else {}
     retries: dict[str, Any] = parsed["retries"] if isinstance(parsed.get("retries"), dict) else {}
@@ -202,8 +203,62 @@ def parse_summary(message: Optional[str]) -> tuple[Optional[dict[str, Any]], str
         "errors": {str(image): str(reason) for image, reason in errors.items()},
         "retries": {str(image): _as_int(count) for image, count in retries.items()},
         "truncated": bool(parsed.get("truncated")),
+        "fatal": _first_line(str(fatal)) if fatal else "",
     }
     return summary, ""
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return _shorten(lines[0].strip()) if lines else ""
+
+
+def fatal_reason(terminated: dict[str, Any]) -> Optional[str]:
+    """The ``fatal`` reason of an agent summary written when ``fetch`` could not run at all, else None."""
+    message = terminated.get("message")
+    if not isinstance(message, str) or not message.strip():
+        return None
+    summary, _problem = parse_summary(message)
+    return summary["fatal"] if summary and summary["fatal"] else None
+
+
+def _non_json_message(terminated: dict[str, Any]) -> Optional[str]:
+    message = terminated.get("message")
+    if not isinstance(message, str) or not message.strip():
+        return None
+    try:
+        json.loads(message)
+    except ValueError:
+        return _first_line(message)
+    return None
+
+
+def start_failure(pod: dict[str, Any]) -> Optional[str]:
+    """Why the agent cannot start on this pod's node, when it will not by waiting longer; else None.
+
+    A summary with ``fatal`` (from ``state.terminated``, else ``lastState.terminated`` while the init container
+    waits in CrashLoopBackOff or runs again), or a non-zero exit with a message that is not JSON once the container
+    is crash-looping (it was restarted). A successful current run wins over an older failure.
+    """
+    status = prefetch_status(pod) or {}
+    state = status.get("state") or {}
+    current = state.get("terminated") or {}
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    restarted = _as_int(status.get("restartCount")) > 0
+    if current:
+        record, crash_looping = current, restarted
+    elif last and (state.get("waiting") is not None or state.get("running") is not None or not state):
+        record, crash_looping = last, True
+    else:
+        return None
+    exit_code = record.get("exitCode")
+    reason = fatal_reason(record)
+    if reason:
+        return f"{reason} (exit code {exit_code if exit_code is not None else '?'})"
+    text = _non_json_message(record)
+    if text and crash_looping and exit_code not in (0, None):
+        return f"agent exited {exit_code}: {text}"
+    return None
 
 
 def _empty_report(node: str, pod: Optional[dict[str, Any]], status: str, message: str) -> dict[str, Any]:
@@ -228,6 +283,8 @@ def _report_from_terminated(node: str, pod: dict[str, Any], terminated: dict[str
     if summary is None:
         detail = f"exit code {terminated.get('exitCode', '?')}, {terminated.get('reason') or 'no reason'}"
         return _empty_report(node, pod, "unknown", f"{problem} ({detail})")
+    if summary["fatal"]:
+        return _empty_report(node, pod, "error", summary["fatal"])
     report = _empty_report(node, pod, "succeeded", "")
     for key in ("ok", "failed", "skipped", "attempts", "bytes", "seconds", "errors", "retries"):
         report[key] = summary[key]
@@ -249,7 +306,9 @@ def _waiting_message(status: dict[str, Any]) -> str:
         text += f": {_shorten(waiting['message'])}"
     last = (status.get("lastState") or {}).get("terminated") or {}
     if last:
-        text += f" (last run exited {last.get('exitCode', '?')}: {last.get('reason') or 'no reason'})"
+        text += f" (last run exited {last.get('exitCode', '?')}: {last.get('reason') or 'no reason'}"
+        detail = fatal_reason(last) or _non_json_message(last)
+        text += f": {detail})" if detail else ")"
     return text
 
 
@@ -266,6 +325,9 @@ def node_report(node: str, pod: Optional[dict[str, Any]]) -> dict[str, Any]:
     """What one node's pod says: the agent's summary once the init container ended, else why not yet."""
     if pod is None:
         return _empty_report(node, None, "not_started", "no pod on this node yet")
+    failure = start_failure(pod)
+    if failure is not None:
+        return _empty_report(node, pod, "error", failure)
     terminated = prefetch_terminated(pod)
     if terminated is not None:
         return _report_from_terminated(node, pod, terminated)
@@ -300,6 +362,7 @@ def build_report(
         "nodes": len(nodes),
         "nodes_succeeded": sum(1 for report in nodes if report["status"] == "succeeded"),
         "nodes_failed": sum(1 for report in nodes if report["status"] == "failed"),
+        "nodes_error": sum(1 for report in nodes if report["status"] == "error"),
         "images_ok": sum(report["ok"] for report in nodes),
         "images_failed": sum(report["failed"] for report in nodes),
         "images_skipped": sum(report["skipped"] for report in nodes),
@@ -341,6 +404,13 @@ def _nodes_with(nodes: list[dict[str, Any]], statuses: tuple[str, ...], with_mes
     for report in picked:
         by_message.setdefault(str(report["message"]), []).append(str(report["node"]))
     return [f"{', '.join(names)} ({message})" for message, names in by_message.items()]
+
+
+def start_failure_message(target: str, nodes: list[dict[str, Any]]) -> str:
+    """The nodes where the agent cannot start, grouped by reason."""
+    failed = _nodes_with(nodes, ("error",), with_message=True)
+    count = sum(1 for report in nodes if report["status"] == "error")
+    return f"{target}: the prefetch agent cannot start on {count} of {len(nodes)} node(s): {_join_limited(failed)}"
 
 
 def timeout_message(
@@ -641,6 +711,10 @@ class RolloutWaiter:
         if progress.no_nodes:
             events = self._warning_events(state, {self.name, *state.pods.keys()})
             raise RolloutError(no_nodes_message(self.target, state.daemonset, events), self.report(state))
+        current = [pod for pod in state.pods.values() if is_current_pod(pod, state.daemonset)]
+        if any(start_failure(pod) is not None for pod in current):
+            report = self.report(state)
+            raise RolloutError(start_failure_message(self.target, report["nodes"]), report)
         return progress
 
     def _fail_timeout(self, state: WatchState, progress: Progress) -> None:

@@ -19,6 +19,11 @@ description:
   - Reads every pod's C(prefetch) init-container termination message (the agent's JSON summary) and returns a
     per-node report and totals. With O(fail_on_pull_error) the task fails when any node failed any image, naming
     the node(s), image(s) and reason(s).
+  - When the agent cannot start on a node (its summary carries C(fatal), for example a CRI socket that does not
+    answer or an unreadable pull secret, also read from C(lastState) while the init container crash-loops; or a
+    crash-looping init container whose last termination message is not JSON) the task fails at once, without
+    waiting for O(timeout), naming the node(s) and the reason. An agent image that does not pull keeps the task
+    waiting (registries can fail for a while).
   - On timeout the task fails with the partial report, saying which nodes are still pulling, which never started
     and why (pending reasons, image pull errors of the agent itself, the DaemonSet's warning events such as a
     Pod Security rejection).
@@ -108,9 +113,10 @@ nodes:
       description:
         - V(succeeded) every image is present; V(failed) some image is not (see RV(nodes[].errors));
           V(pulling) the agent runs; V(pending) the init container waits (for example the agent's own image does not
-          pull); V(not_started) no pod or not scheduled yet; V(unknown) the agent's summary is missing or unreadable.
+          pull); V(not_started) no pod or not scheduled yet; V(unknown) the agent's summary is missing or unreadable;
+          V(error) the agent cannot start (fatal start-up error or crash loop; RV(nodes[].message) says why).
       type: str
-      choices: [succeeded, failed, pulling, pending, not_started, unknown]
+      choices: [succeeded, failed, pulling, pending, not_started, unknown, error]
     ok:
       description: Images pulled in this run.
       type: int
@@ -164,6 +170,9 @@ totals:
       type: int
     nodes_failed:
       description: Nodes with status failed.
+      type: int
+    nodes_error:
+      description: Nodes with status error (the agent cannot start).
       type: int
     images_ok:
       description: Sum of ok.

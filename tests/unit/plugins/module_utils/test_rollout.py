@@ -29,6 +29,7 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._rollout import 
     pod_selector,
     pull_failure_message,
     rollout_complete,
+    start_failure,
     timeout_message,
     warning_events,
 )
@@ -358,6 +359,7 @@ class TestBuildReport:
             "nodes": 2,
             "nodes_succeeded": 1,
             "nodes_failed": 1,
+            "nodes_error": 0,
             "images_ok": 5,
             "images_failed": 1,
             "images_skipped": 2,
@@ -677,3 +679,87 @@ def test_warning_events_of_several_pods_with_one_cause_are_one_line() -> None:
         for index, name in enumerate(["a", "b", "c"])
     ]
     assert warning_events(events, {"a", "b", "c"}) == ['Pod c (+2 more): FailedMount: secret "pull" not found']
+
+
+# --- the agent cannot start (fatal summary, crash loop) ------------------------------------------------------------
+
+FATAL = json.dumps(
+    {"v": 1, "node": "n1", "complete": False, "ok": 0, "failed": 0, "skipped": 0, "fatal": "CRI socket not answering"}
+)
+CRASH_LOOP = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container"}}
+
+
+def restarted(p: dict[str, Any], count: int = 2) -> dict[str, Any]:
+    p["status"]["initContainerStatuses"][0]["restartCount"] = count
+    return p
+
+
+class TestStartFailure:
+    def test_fatal_summary_in_state_is_error(self) -> None:
+        report = node_report("n1", pod("a", "n1", terminated(FATAL, 1, "Error")))
+        assert report["status"] == "error" and report["message"] == "CRI socket not answering (exit code 1)"
+
+    def test_fatal_summary_in_last_state_while_crash_looping(self) -> None:
+        p = restarted(pod("a", "n1", CRASH_LOOP, last_state=terminated(FATAL, 1, "Error"), phase="Pending"))
+        assert start_failure(p) == "CRI socket not answering (exit code 1)"
+        assert node_report("n1", p)["status"] == "error"
+
+    def test_fatal_summary_in_last_state_while_running_again(self) -> None:
+        p = restarted(pod("a", "n1", {"running": {"startedAt": "t"}}, last_state=terminated(FATAL, 1, "Error")))
+        assert node_report("n1", p)["message"] == "CRI socket not answering (exit code 1)"
+
+    def test_non_json_message_while_crash_looping_is_error(self) -> None:
+        last = terminated("Traceback (most recent call last):\n  File x\nImportError: y", 1, "Error")
+        p = restarted(pod("a", "n1", CRASH_LOOP, last_state=last, phase="Pending"))
+        report = node_report("n1", p)
+        assert report["status"] == "error"
+        assert report["message"] == "agent exited 1: Traceback (most recent call last):"
+
+    def test_first_non_json_exit_is_still_unknown(self) -> None:
+        report = node_report("n1", pod("a", "n1", terminated("panic: boom", 2, "Error")))
+        assert report["status"] == "unknown"
+
+    def test_crash_loop_without_message_keeps_waiting_with_exit_code(self) -> None:
+        p = restarted(pod("a", "n1", CRASH_LOOP, last_state=terminated(None, 137, "OOMKilled"), phase="Pending"))
+        assert start_failure(p) is None
+        report = node_report("n1", p)
+        assert report["status"] == "pending" and "last run exited 137: OOMKilled)" in report["message"]
+
+    def test_good_current_run_wins_over_an_older_fatal_one(self) -> None:
+        p = restarted(pod("a", "n1", terminated(json.dumps(SUMMARY_OK)), last_state=terminated(FATAL, 1, "Error")))
+        assert start_failure(p) is None and node_report("n1", p)["status"] == "succeeded"
+
+    def test_agent_image_pull_error_keeps_waiting_with_todays_message(self) -> None:
+        waiting = {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "agent:v9"'}}
+        p = pod("a", "n1", waiting, phase="Pending")
+        assert start_failure(p) is None
+        assert node_report("n1", p)["message"] == 'ImagePullBackOff: Back-off pulling image "agent:v9"'
+
+    def test_waiting_message_names_the_last_message(self) -> None:
+        last = terminated("some output\nmore", 0, "Completed")
+        p = pod("a", "n1", {"waiting": {"reason": "PodInitializing"}}, last_state=last, phase="Pending")
+        assert "last run exited 0: Completed: some output)" in node_report("n1", p)["message"]
+
+    def test_parse_summary_keeps_fatal(self) -> None:
+        summary, problem = parse_summary('{"v":1,"complete":false,"fatal":"bad flag --pull-policy"}')
+        assert problem == "" and summary is not None and summary["fatal"] == "bad flag --pull-policy"
+
+
+def test_waiter_fails_at_once_when_the_agent_cannot_start() -> None:
+    start = daemonset(available=0, updated=2)
+    crash = restarted(pod("b", "n2", CRASH_LOOP, last_state=terminated(FATAL, 1, "Error"), phase="Pending"))
+    crash3 = restarted(pod("c", "n3", CRASH_LOOP, last_state=terminated(FATAL, 1, "Error"), phase="Pending"))
+    cluster = ScriptedCluster(
+        lists={"daemonsets": [start], "pods": [pod("a", "n1", {"running": {}}), crash, crash3], "events": []},
+        watches={},
+    )
+    waiter = RolloutWaiter(as_cluster(cluster), "imgs", "prefetch", timeout=600)
+    with pytest.raises(RolloutError) as raised:
+        waiter.wait(start)
+    assert str(raised.value) == (
+        "DaemonSet prefetch/imgs: the prefetch agent cannot start on 2 of 3 node(s): "
+        "n2, n3 (CRI socket not answering (exit code 1))"
+    )
+    statuses = {node["node"]: node["status"] for node in raised.value.result["nodes"]}
+    assert statuses == {"n1": "pulling", "n2": "error", "n3": "error"}
+    assert raised.value.result["totals"]["nodes_error"] == 2
