@@ -26,7 +26,11 @@ options:
         the in-cluster configuration is tried first and then the default configuration file C(~/.kube/config)
         (the same order as kubernetes.core).
       - Can also be specified via E(K8S_AUTH_KUBECONFIG) environment variable.
-      - The Kubernetes configuration can also be provided as a dictionary.
+      - The Kubernetes configuration can also be provided as a dictionary. Its secrets (C(token), C(password),
+        C(client-key-data) and other key data, the C(auth-provider) C(config) values, the C(exec) C(env) values, and
+        any key named like a token, secret or password) are masked in every result and message; paths, server
+        URLs and names stay visible.
+      - A path that does not exist, or a file that is not a YAML mapping, fails with one line naming the path.
     type: raw
   context:
     description:

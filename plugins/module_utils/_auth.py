@@ -19,6 +19,7 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import C
 try:
     import kubernetes
     import urllib3
+    import yaml
 
     HAS_KUBERNETES = True
     KUBERNETES_IMPORT_ERROR: Optional[str] = None
@@ -194,8 +195,32 @@ def needs_config_loading(settings: Mapping[str, Any]) -> bool:
     )
 
 
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def check_kubeconfig_file(path: str) -> None:
+    """One-line ClusterError for a kubeconfig path that does not exist or is not a YAML mapping."""
+    expanded = os.path.expanduser(path)
+    if not os.path.exists(expanded):
+        raise ClusterError(f"kubeconfig file {path} does not exist")
+    try:
+        with open(expanded, encoding="utf-8") as stream:
+            loaded = yaml.safe_load(stream)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ClusterError(f"kubeconfig {path} is not valid YAML/kubeconfig: {_first_line(error)}") from None
+    except OSError as error:
+        raise ClusterError(f"kubeconfig {path} cannot be read: {error.strerror or error}") from None
+    if not isinstance(loaded, dict):
+        what = "empty" if loaded is None else f"a {type(loaded).__name__}, not a mapping"
+        raise ClusterError(f"kubeconfig {path} is not valid YAML/kubeconfig: the file is {what}")
+
+
 def _load_kubeconfig(settings: Mapping[str, Any], configuration: Any) -> None:
     kubeconfig = settings.get("kubeconfig")
+    if isinstance(kubeconfig, str) and kubeconfig:
+        check_kubeconfig_file(kubeconfig)
     options = {
         "context": settings.get("context"),
         "persist_config": bool(settings.get("persist_config")),
@@ -238,9 +263,11 @@ def build_configuration(settings: Mapping[str, Any]) -> Any:
     if needs_config_loading(settings):
         try:
             _load_into(settings, configuration)
-        except (kubernetes.config.ConfigException, OSError, ValueError, TypeError) as error:
+        except (kubernetes.config.ConfigException, OSError, ValueError, TypeError, yaml.YAMLError) as error:
             source = settings.get("kubeconfig") if isinstance(settings.get("kubeconfig"), str) else "kubeconfig"
-            raise ClusterError(f"cannot load the Kubernetes client configuration from {source}: {error}") from None
+            raise ClusterError(
+                f"cannot load the Kubernetes client configuration from {source}: {_first_line(error)}"
+            ) from None
     _override(settings, configuration)
     return configuration
 

@@ -195,10 +195,33 @@ class TestBuildConfiguration:
         monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
         assert build_configuration({}).host == "https://default:6443"
 
-    def test_unreadable_kubeconfig_is_one_clear_error(self, tmp_path: Path) -> None:
+    def test_missing_kubeconfig_file_is_named(self, tmp_path: Path) -> None:
         missing = tmp_path / "nope"
-        with pytest.raises(ClusterError, match=f"cannot load the Kubernetes client configuration from {missing}"):
+        with pytest.raises(ClusterError) as raised:
             build_configuration({"kubeconfig": str(missing)})
+        assert str(raised.value) == f"kubeconfig file {missing} does not exist"
+
+    @pytest.mark.parametrize(
+        ("text", "detail"),
+        [
+            ("a: [b\n  c: }\n", "while parsing a flow sequence"),
+            ("just words\n", "the file is a str, not a mapping"),
+            ("", "the file is empty"),
+        ],
+    )
+    def test_garbage_kubeconfig_is_one_line(self, tmp_path: Path, text: str, detail: str) -> None:
+        path = tmp_path / "garbage"
+        path.write_text(text)
+        with pytest.raises(ClusterError) as raised:
+            build_configuration({"kubeconfig": str(path)})
+        assert str(raised.value) == f"kubeconfig {path} is not valid YAML/kubeconfig: {detail}"
+        assert "\n" not in str(raised.value)
+
+    def test_a_kubeconfig_without_the_context_keeps_the_loader_reason(self, tmp_path: Path) -> None:
+        path = tmp_path / "kubeconfig"
+        path.write_text(yaml.safe_dump(kubeconfig_dict()))
+        with pytest.raises(ClusterError, match=f"cannot load the Kubernetes client configuration from {path}: "):
+            build_configuration({"kubeconfig": str(path), "context": "no-such-context"})
 
     def test_the_process_wide_default_configuration_is_untouched(self) -> None:
         before = kubernetes.client.Configuration.get_default_copy().host
