@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import typing as t
 from pathlib import Path
 from unittest import mock
@@ -12,61 +10,29 @@ from unittest import mock
 import pytest
 import yaml
 from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
 
 from ansible_collections.stackrox.prefetch.plugins.modules import manifest
+from ansible_collections.stackrox.prefetch.tests.unit.plugins.modules.utils import (
+    fail_main,
+    patched_exits,
+    run_main,
+)
 
 IMAGES = ["registry.test:5000/team/app:v1", "registry.test:5000/team/db:v2"]
 
 
-class AnsibleExitJson(Exception):
-    pass
-
-
-class AnsibleFailJson(Exception):
-    pass
-
-
-def _exit_json(self: basic.AnsibleModule, **kwargs: t.Any) -> None:
-    kwargs.setdefault("changed", False)
-    raise AnsibleExitJson(kwargs)
-
-
-def _fail_json(self: basic.AnsibleModule, **kwargs: t.Any) -> None:
-    kwargs["failed"] = True
-    raise AnsibleFailJson(kwargs)
-
-
-@contextlib.contextmanager
-def module_args(args: dict[str, t.Any]) -> t.Iterator[None]:
-    """ansible-core >= 2.19 has patch_module_args; older ones read basic._ANSIBLE_ARGS."""
-    try:
-        from ansible.module_utils.testing import patch_module_args
-    except ImportError:
-        payload = to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", payload):
-            yield
-        return
-    with patch_module_args(args):
-        yield
-
-
 @pytest.fixture(autouse=True)
 def patched_module() -> t.Iterator[None]:
-    with mock.patch.multiple(basic.AnsibleModule, exit_json=_exit_json, fail_json=_fail_json):
+    with patched_exits():
         yield
 
 
 def run(args: dict[str, t.Any]) -> dict[str, t.Any]:
-    with module_args(args), pytest.raises(AnsibleExitJson) as caught:
-        manifest.main()
-    return t.cast("dict[str, t.Any]", caught.value.args[0])
+    return run_main(manifest.main, args)
 
 
 def fail(args: dict[str, t.Any]) -> dict[str, t.Any]:
-    with module_args(args), pytest.raises(AnsibleFailJson) as caught:
-        manifest.main()
-    return t.cast("dict[str, t.Any]", caught.value.args[0])
+    return fail_main(manifest.main, args)
 
 
 def base_args(**extra: t.Any) -> dict[str, t.Any]:

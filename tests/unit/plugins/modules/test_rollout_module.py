@@ -3,63 +3,34 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import typing as t
 from unittest import mock
 
 import pytest
 from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
 
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import ClusterUnreachableError
 from ansible_collections.stackrox.prefetch.plugins.modules import rollout
-
-REAL_EXIT = basic.AnsibleModule.exit_json
-REAL_FAIL = basic.AnsibleModule.fail_json
-
-
-class AnsibleExitJson(Exception):
-    pass
-
-
-class AnsibleFailJson(Exception):
-    pass
-
-
-def _exit_json(self: basic.AnsibleModule, **kwargs: t.Any) -> None:
-    raise AnsibleExitJson(kwargs)
-
-
-def _fail_json(self: basic.AnsibleModule, **kwargs: t.Any) -> None:
-    kwargs["failed"] = True
-    raise AnsibleFailJson(kwargs)
-
-
-@contextlib.contextmanager
-def module_args(args: dict[str, t.Any]) -> t.Iterator[None]:
-    try:
-        from ansible.module_utils.testing import patch_module_args
-    except ImportError:  # ansible-core < 2.19
-        with mock.patch.object(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args}))):
-            yield
-        return
-    with patch_module_args(args):
-        yield
+from ansible_collections.stackrox.prefetch.tests.unit.plugins.modules.utils import (
+    REAL_EXIT,
+    REAL_FAIL,
+    fail_main,
+    module_args,
+    patched_exits,
+)
 
 
 @pytest.fixture(autouse=True)
 def no_cluster() -> t.Iterator[mock.MagicMock]:
-    exits = mock.patch.multiple(basic.AnsibleModule, exit_json=_exit_json, fail_json=_fail_json)
+    exits = patched_exits()
     client = mock.patch.object(rollout, "build_api_client", side_effect=AssertionError("client built"))
     with exits, client as build:
         yield build
 
 
 def fail(args: dict[str, t.Any]) -> dict[str, t.Any]:
-    with module_args(args), pytest.raises(AnsibleFailJson) as caught:
-        rollout.main()
-    return t.cast("dict[str, t.Any]", caught.value.args[0])
+    return fail_main(rollout.main, args)
 
 
 @pytest.mark.parametrize(
