@@ -1,7 +1,8 @@
-"""Guards for every agent test: running the agent outside a pod must not leave files in /dev."""
+"""Shared fixtures of the agent tests: a guard against stray files in /dev, and log capture."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -18,3 +19,23 @@ def _no_stray_termination_log() -> Iterator[None]:
     if not existed and os.path.exists(DEFAULT_TERMINATION_LOG):
         os.unlink(DEFAULT_TERMINATION_LOG)
         pytest.fail("the test wrote /dev/termination-log: pass --termination-log to the agent")
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """Every record the agent's loggers emit during the test, at DEBUG and above."""
+    captured: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            captured.append(record)
+
+    logger = logging.getLogger("image_prefetcher")
+    handler, old_level = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield captured
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)

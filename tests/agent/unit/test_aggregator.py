@@ -6,7 +6,7 @@ import asyncio
 import http.client
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -113,24 +113,6 @@ def _with_servers(check: Callable[[int, int], Awaitable[None]]) -> int:
 
     return asyncio.run(scenario())
 
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    captured: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            captured.append(record)
-
-    logger = logging.getLogger("image_prefetcher")
-    handler, old = Keep(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield captured
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
 
 
 def test_submit_then_http_paths(records: list[logging.LogRecord]) -> None:

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +39,6 @@ def _script(path: Path, text: str) -> Path:
     path.chmod(0o755)
     return path
 
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    captured: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            captured.append(record)
-
-    logger = logging.getLogger("image_prefetcher")
-    handler, old = Keep(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield captured
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
 
 
 # --- TESTCASES §9: exec --------------------------------------------------------------------------------------

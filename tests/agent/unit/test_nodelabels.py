@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -120,24 +119,6 @@ class FakeConfig:
         assert isinstance(answer, ApiResponse)
         return answer
 
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    captured: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            captured.append(record)
-
-    logger = logging.getLogger("image_prefetcher")
-    handler, old_level = Keep(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield captured
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 def _messages(records: list[logging.LogRecord]) -> list[tuple[str, str, dict[str, Any]]]:
