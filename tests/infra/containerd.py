@@ -6,6 +6,7 @@ import contextlib
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Optional
@@ -51,12 +52,29 @@ def hosts_toml(upstream: str) -> str:
     return f'server = "{url}"\n\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
 
 
+@dataclass(frozen=True)
+class KubeletRuntime:
+    """What a real kubelet on top needs (tests/kube): pods that run, a CNI network, and a socket at the node's path.
+
+    ``launcher`` runs containerd inside the node's network and mount namespaces (``nsenter ...``); there it listens
+    on ``listen_socket`` (e.g. /run/containerd/containerd.sock, as on a real node), reached from the host through
+    ``access_root`` (``/proc/<pid>/root`` of a process in that mount namespace).
+    """
+
+    launcher: tuple[str, ...]
+    listen_socket: Path
+    access_root: Path
+    sandbox_image: str
+    cni_conf_dir: Path
+    cni_bin_dir: Path = Path("/usr/lib/cni")
+
+
 class ContainerdNode:
     """``with ContainerdNode(workdir, registries={"registry.test:5000": px.host}) as node: ...``"""
 
     def __init__(
         self, workdir: Path | str, registries: Optional[dict[str, str]] = None, name: str = "containerd",
-        snapshotter: Optional[str] = None,
+        snapshotter: Optional[str] = None, kubelet: Optional[KubeletRuntime] = None,
     ) -> None:
         self.workdir = ensure_dir(Path(workdir) / name)
         self.hosts_dir = ensure_dir(self.workdir / "certs.d")
@@ -70,6 +88,9 @@ class ContainerdNode:
             sock_dir = self._own_sock_dir
         self.socket_dir = ensure_dir(sock_dir)
         self.socket = self.socket_dir / "containerd.sock"
+        self.kubelet = kubelet
+        if kubelet is not None:  # listens inside the node's mount namespace; reached through /proc/<pid>/root
+            self.socket = kubelet.access_root / kubelet.listen_socket.relative_to("/")
         self._proc: Optional[subprocess.Popen[bytes]] = None
         for registry_name, upstream in (registries or {}).items():
             self.set_registry(registry_name, upstream)
@@ -99,15 +120,23 @@ class ContainerdNode:
         state = ensure_dir(self.workdir / "state")
         opt = ensure_dir(self.workdir / "opt")
         cni = ensure_dir(self.workdir / "cni")
+        cni_bin, cni_conf, listen, cri_extra = cni, cni, self.socket, ""
+        if self.kubelet is not None:
+            cni_bin, cni_conf, listen = self.kubelet.cni_bin_dir, self.kubelet.cni_conf_dir, self.kubelet.listen_socket
+            # restrict_oom_score_adj: this VM lacks CAP_SYS_RESOURCE, and runc fails every sandbox without it
+            # ("failed to update /proc/self/oom_score_adj: Permission denied"). Pod network namespaces are
+            # mounted under the state dir, so nothing is left in /run/netns.
+            cri_extra = (f'  sandbox_image = "{self.kubelet.sandbox_image}"\n  restrict_oom_score_adj = true\n'
+                         '  netns_mounts_under_state_dir = true\n')
         self.config_path.write_text(f"""version = 2
 root = "{root}"
 state = "{state}"
 
 [grpc]
-  address = "{self.socket}"
+  address = "{listen}"
 
 [ttrpc]
-  address = "{self.socket}.ttrpc"
+  address = "{listen}.ttrpc"
 
 [debug]
   address = ""
@@ -123,11 +152,11 @@ state = "{state}"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   disable_tcp_service = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
+{cri_extra}  [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "{self.snapshotter}"
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni}"
-    conf_dir = "{cni}"
+    bin_dir = "{cni_bin}"
+    conf_dir = "{cni_conf}"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{self.hosts_dir}"
 """)
@@ -148,10 +177,13 @@ state = "{state}"
             return self
         ensure_dir(self.socket_dir)
         self._write_config()
+        launcher = list(self.kubelet.launcher) if self.kubelet is not None else []
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [CONTAINERD_BIN, "--config", str(self.config_path)],
+                [*launcher, CONTAINERD_BIN, "--config", str(self.config_path)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                # Under a kubelet, the harness stops it in order: a Ctrl-C must not reach it first.
+                start_new_session=self.kubelet is not None,
             )
         if not wait_until(lambda: self._proc is not None and self._proc.poll() is None and self._answers(), 30):
             self.stop()

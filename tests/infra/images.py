@@ -120,6 +120,25 @@ def build_test_image(
     return TestImage(repo, tag, sha256_digest(manifest), manifest, config, blobs)
 
 
+def build_files_image(repo: str, tag: str, files: dict[str, tuple[bytes, int]], entrypoint: list[str]) -> TestImage:
+    """A one-layer image of real files (``{path: (content, mode)}``) with an entrypoint, e.g. a static ``pause``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for path, (content, mode) in sorted(files.items()):
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.mtime = len(content), mode, 0
+            tar.addfile(info, io.BytesIO(content))
+    layer = buf.getvalue()
+    blob = Blob(DOCKER_LAYER, gzip.compress(layer, compresslevel=6, mtime=0))
+    config_doc = {"architecture": host_goarch(), "os": "linux",
+                  "config": {"Entrypoint": entrypoint, "User": "65535:65535"},
+                  "rootfs": {"type": "layers", "diff_ids": [sha256_digest(layer)]}}
+    config = Blob(DOCKER_CONFIG, json.dumps(config_doc, sort_keys=True).encode())
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": DOCKER_MANIFEST, "config": config.descriptor(),
+                           "layers": [blob.descriptor()]}, sort_keys=True).encode()
+    return TestImage(repo, tag, sha256_digest(manifest), manifest, config, [blob])
+
+
 class RegistryClient:
     """Minimal registry v2 client over one keep-alive HTTP connection (plain HTTP: tests use loopback)."""
 

@@ -1,0 +1,1 @@
+"""A real local Kubernetes cluster for the end-to-end tests and ``make demo`` (test infrastructure, not product)."""

@@ -1,0 +1,596 @@
+"""``KubeCluster``: a real Kubernetes cluster on this machine, for the end-to-end tests and ``make demo``.
+
+    with KubeCluster(tmp_path / "kube", nodes=3) as cluster:
+        cluster.kubeconfig, cluster.info["nodes"][0]["proxy_control_url"]
+
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler and, per node, a real containerd and a real kubelet,
+all built from their Go modules by tests/kube/build.sh (cached). Layout (docs/DESIGN.md "The local cluster"):
+
+- One network namespace per cluster (``ip netns add``), made and deleted here. Its loopback carries the API server's
+  address, the ``kubernetes`` Service's ClusterIP, one address per node and the registry mirror's address. Each
+  node's pods get a real bridge network (Debian's CNI plugins, ``bridge`` + ``host-local``) in that namespace.
+- The API server listens on 443 in the namespace, at ``API_IP`` and at the ClusterIP of the ``kubernetes`` Service,
+  so in-cluster clients (the agent's node-label PATCH) reach it without kube-proxy.
+- Each node has its own mount namespace (a holder process): a private /run (its containerd socket at
+  /run/containerd/containerd.sock, hard-linked at /run/crio/crio.sock and /run/k3s/containerd/containerd.sock for
+  the other flavors) and a private /var/log, so hostPath volumes resolve as on a real node and nothing is written
+  to the host's /run or /var/log.
+- The registry and the per-node fault proxies stay on the host's loopback; ``kube.netns``'s forwarder joins them,
+  and makes the API server reachable from the host at ``127.0.0.1:<port>``.
+
+Everything started is stopped by ``stop()`` (also after a failed start), cgroups and the namespace are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Optional
+
+import yaml
+
+from infra._util import ensure_dir, free_port, log_tail, stop_process, wait_until
+from infra.containerd import ContainerdNode, KubeletRuntime
+from infra.faultproxy import FaultProxy
+from infra.images import build_files_image, push_image
+from infra.registry import Registry
+from kube import netns
+from kube.pki import Pki, kubeconfig
+from simcluster.client import ApiClient, ApiError
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+TEST_REGISTRY = "registry.test:5000"
+AGENT_REPOSITORY = "stackrox/prefetch-agent"
+AGENT_TAG = "e2e"
+AGENT_IMAGE = f"{TEST_REGISTRY}/{AGENT_REPOSITORY}"
+AGENT_ARCHIVE = REPO / "build" / "image" / "prefetch-agent.oci.tar"
+PAUSE_IMAGE = f"{TEST_REGISTRY}/pause:3.10"
+
+API_IP = "10.250.0.1"       # the API server (advertised address)
+MIRROR_IP = "10.250.0.2"    # forwarders to the nodes' registry fault proxies, one port per node
+SERVICE_CIDR = "10.96.0.0/24"
+SERVICE_IP = "10.96.0.1"    # ClusterIP of default/kubernetes: the first address of SERVICE_CIDR
+API_PORT = 443
+MIRROR_BASE_PORT = 5001
+CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
+SOCKET_LINKS = ("run/crio/crio.sock", "run/k3s/containerd/containerd.sock")
+NODE_SOCKET = Path("/run/containerd/containerd.sock")
+
+
+def node_ip(index: int) -> str:
+    return f"10.250.0.{10 + index}"
+
+
+def pod_subnet(index: int) -> str:
+    return f"10.251.{index}.0/24"
+
+
+def build_binaries() -> Path:
+    """tests/kube/build.sh: the cached bin dir (the first run builds, and says so on stderr)."""
+    done = subprocess.run(["bash", str(REPO / "tests" / "kube" / "build.sh")], stdout=subprocess.PIPE, text=True,
+                          check=False, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RuntimeError(f"tests/kube/build.sh failed with exit code {done.returncode}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def build_pause_binary(out: Path) -> Path:
+    """The static ``pause`` of Kubernetes' own build/pause/linux/pause.c (from the module cache), by gcc."""
+    if out.exists():
+        return out
+    info = json.loads(subprocess.run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{kube_version()}"],
+                                     capture_output=True, text=True, check=True).stdout)
+    source = Path(info["Dir"]) / "build" / "pause" / "linux" / "pause.c"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["gcc", "-Os", "-static", "-o", str(out), str(source)], check=True, capture_output=True)
+    return out
+
+
+def kube_version() -> str:
+    return os.environ.get("KUBE_VERSION", "v1.34.4")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class KubeNode:
+    """One node: a mount-namespace holder, containerd in it, a kubelet in it, and a registry fault proxy."""
+
+    def __init__(self, cluster: KubeCluster, index: int) -> None:
+        self.cluster = cluster
+        self.index = index
+        self.name = f"{cluster.name}-node-{index}"
+        self.ip = node_ip(index)
+        self.dir = ensure_dir(cluster.dir / "nodes" / self.name)
+        self.proxy = FaultProxy(upstream=cluster.registry_host)
+        self.mirror_port = MIRROR_BASE_PORT + index
+        self.holder: Optional[subprocess.Popen[bytes]] = None
+        self.containerd: Optional[ContainerdNode] = None
+        self.kubelet: Optional[Proc] = None
+        self.cgroup_root = f"/prefetch-{cluster.netns_name}-{index}"
+        self.token = ""
+        self.mount_ns = ""
+
+    @property
+    def control_plane(self) -> bool:
+        return self.index == 1 and len(self.cluster.nodes) > 1
+
+    @property
+    def access_root(self) -> Path:
+        assert self.holder is not None
+        return Path(f"/proc/{self.holder.pid}/root")
+
+    def enter(self) -> list[str]:
+        """The prefix that runs a command in this node's network and mount namespaces."""
+        assert self.holder is not None
+        return ["nsenter", f"--target={self.holder.pid}", "--mount", "--net"]
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    def start_holder(self) -> None:
+        script = ("set -e; mount -t tmpfs -o mode=755 tmpfs /run; mount -t tmpfs -o mode=755 tmpfs /var/log; "
+                  "mkdir -p /run/containerd /run/crio /run/k3s/containerd; echo ready; exec sleep infinity")
+        self.holder = subprocess.Popen(
+            [*self.cluster.in_netns(), "unshare", "--mount", "--propagation", "slave", "sh", "-c", script],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        assert self.holder.stdout is not None
+        line = self.holder.stdout.readline().decode().strip()
+        if line != "ready":
+            raise RuntimeError(f"{self.name}: the mount namespace holder failed: {line}")
+        self.mount_ns = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
+
+    def write_cni_config(self) -> Path:
+        conf_dir = ensure_dir(self.dir / "cni-conf")
+        conflist = {"cniVersion": "0.4.0", "name": f"pods-{self.index}", "plugins": [{
+            "type": "bridge", "bridge": f"cni{self.index}", "isGateway": True, "ipMasq": False, "hairpinMode": True,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_subnet(self.index)}]],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(ensure_dir(self.dir / "cni-ipam"))}}]}
+        (conf_dir / "10-bridge.conflist").write_text(json.dumps(conflist, indent=2))
+        return conf_dir
+
+    def start_containerd(self) -> None:
+        runtime = KubeletRuntime(launcher=tuple(self.enter()), listen_socket=NODE_SOCKET,
+                                 access_root=self.access_root, sandbox_image=PAUSE_IMAGE,
+                                 cni_conf_dir=self.write_cni_config())
+        self.containerd = ContainerdNode(self.dir, registries={TEST_REGISTRY: f"{MIRROR_IP}:{self.mirror_port}"},
+                                         kubelet=runtime)
+        self.containerd.start()
+        self.link_sockets()
+
+    def link_sockets(self) -> None:
+        """The other flavors' socket paths as hard links of containerd's (redone after a containerd restart)."""
+        assert self.containerd is not None
+        for relative in SOCKET_LINKS:
+            link = self.access_root / relative
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            os.link(self.containerd.socket, link)
+
+    def restart_containerd(self) -> None:
+        assert self.containerd is not None
+        self.containerd.restart()
+        self.link_sockets()
+
+    def make_cgroups(self) -> None:
+        """The kubelet's cgroupRoot in every v1 hierarchy (cpuset needs its parent's cpus and mems copied)."""
+        for hierarchy in cgroup_hierarchies():
+            path = hierarchy / self.cgroup_root.lstrip("/")
+            path.mkdir(exist_ok=True)
+            if hierarchy.name == "cpuset":
+                for item in ("cpuset.cpus", "cpuset.mems"):
+                    (path / item).write_text((hierarchy / item).read_text())
+
+    def write_kubelet_config(self) -> Path:
+        pki = self.cluster.pki
+        assert pki is not None
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+            "address": self.ip, "port": 10250, "readOnlyPort": 0,
+            "healthzBindAddress": self.ip, "healthzPort": 10248,
+            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                               "x509": {"clientCAFile": str(pki.ca_path)}},
+            "authorization": {"mode": "Webhook"},
+            "cgroupDriver": "cgroupfs", "cgroupRoot": self.cgroup_root, "cgroupsPerQOS": True,
+            "containerRuntimeEndpoint": f"unix://{NODE_SOCKET}",
+            "failSwapOn": False, "resolvConf": "/etc/resolv.conf", "clusterDomain": "cluster.local",
+            "podLogsDir": str(ensure_dir(self.dir / "pod-logs")),
+            "volumePluginDir": str(ensure_dir(self.dir / "volume-plugins")),
+            # Never collect the images a test prefetched, nor evict pods of a machine with a full-ish disk.
+            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+            "evictionHard": {"memory.available": "100Mi"},
+            "nodeStatusUpdateFrequency": "5s", "syncFrequency": "10s",
+            "registerWithTaints": ([{"key": CONTROL_PLANE_TAINT, "effect": "NoSchedule"}]
+                                   if self.control_plane else []),
+            "serializeImagePulls": False,
+        }
+        path = self.dir / "kubelet-config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def start_kubelet(self) -> None:
+        if self.kubelet is not None and self.kubelet.popen.poll() is None:
+            return
+        cluster = self.cluster
+        assert cluster.pki is not None and cluster.bin_dir is not None
+        config = self.write_kubelet_config()
+        kubeconfig_path = kubeconfig(self.dir / "kubelet.kubeconfig", cluster.inside_url, cluster.pki.ca_path,
+                                     f"system:node:{self.name}", token=self.token)
+        argv = [*self.enter(), str(cluster.bin_dir / "kubelet"), f"--config={config}",
+                f"--kubeconfig={kubeconfig_path}", f"--root-dir={ensure_dir(self.dir / 'kubelet')}",
+                f"--cert-dir={ensure_dir(self.dir / 'kubelet-pki')}", f"--hostname-override={self.name}",
+                f"--node-ip={self.ip}", "--v=2"]
+        self.kubelet = cluster.spawn(f"kubelet-{self.index}", argv, self.dir / "kubelet.log")
+
+    def stop_kubelet(self) -> None:
+        if self.kubelet is not None:
+            stop_process(self.kubelet.popen, term_timeout_s=10)
+            self.kubelet = None
+
+    def stop(self) -> None:
+        """Kubelet, then the pods' processes (by cgroup), containerd, whatever else runs in the node's mount
+        namespace (the runc shims), the holder; then the cgroups. The node's mounts go with its namespace."""
+        self.stop_kubelet()
+        remove_cgroups(self.cgroup_root)
+        if self.containerd is not None:
+            with contextlib.suppress(Exception):
+                self.containerd.close()
+            self.containerd = None
+        if self.mount_ns:
+            kill_mount_namespace(self.mount_ns)
+        if self.holder is not None:
+            stop_process(self.holder, term_timeout_s=5)
+            self.holder = None
+        self.proxy.stop()
+        remove_cgroups(self.cgroup_root)
+
+    def to_json(self) -> dict[str, Any]:
+        assert self.containerd is not None
+        return {"name": self.name, "ip": self.ip, "socket": str(self.containerd.socket),
+                "address": self.containerd.address, "proxy": self.proxy.host,
+                "proxy_control_url": self.proxy.control_url, "containerd_dir": str(self.containerd.workdir),
+                "kubelet_log": str(self.dir / "kubelet.log"), "control_plane": self.control_plane,
+                "holder_pid": self.holder.pid if self.holder else None}
+
+
+def kill_mount_namespace(mount_ns: str) -> None:
+    """SIGKILL to every process in the mount namespace ``mount_ns`` (as ``readlink /proc/PID/ns/mnt`` gives it)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if os.readlink(entry / "ns" / "mnt") == mount_ns:
+                os.kill(int(entry.name), 9)
+
+
+def cgroup_hierarchies() -> list[Path]:
+    """The cgroup v1 hierarchies: the named ``systemd`` one too (the kubelet checks it), not cgroup2's ``unified``."""
+    root = Path("/sys/fs/cgroup")
+    return [p for p in sorted(root.iterdir()) if p.is_dir() and not p.is_symlink() and
+            p.name != "unified" and (p / "cgroup.procs").exists()]
+
+
+def remove_cgroups(cgroup_root: str) -> None:
+    """Removes the cgroup tree bottom-up, killing what is still in it first (a kubelet that died mid-pod); also
+    from cgroup2's ``unified`` hierarchy, where the kubelet makes its tree too."""
+    for hierarchy in [*cgroup_hierarchies(), Path("/sys/fs/cgroup/unified")]:
+        top = hierarchy / cgroup_root.lstrip("/")
+        if not top.exists():
+            continue
+        for _ in range(50):
+            dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+            for path in [*dirs, top]:
+                with contextlib.suppress(OSError):
+                    for pid in (path / "cgroup.procs").read_text().split():
+                        with contextlib.suppress(OSError):
+                            os.kill(int(pid), 9)
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            if not top.exists():
+                break
+            time.sleep(0.1)
+
+
+class KubeCluster:
+    def __init__(self, directory: Path | str, nodes: int = 3, name: str = "kube",
+                 registry_upstream: Optional[str] = None) -> None:
+        self.dir = Path(directory).resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.node_count = nodes
+        self.netns_name = f"pf{os.getpid()}{name}"[:15]
+        self.netns_path = f"/run/netns/{self.netns_name}"
+        self.registry_upstream = registry_upstream
+        self.registry: Optional[Registry] = None
+        self.registry_host = registry_upstream or ""
+        self.pki: Optional[Pki] = None
+        self.bin_dir: Optional[Path] = None
+        self.procs: list[Proc] = []
+        self.nodes: list[KubeNode] = []
+        self.api_port = 0
+        self.tokens: dict[str, str] = {}
+        self.forwarder: Optional[Proc] = None
+        self.netns_made = False
+        self.info: dict[str, Any] = {}
+        self.kubeconfig = self.dir / "kubeconfig"
+        self.kubeconfig_viewer = self.dir / "kubeconfig-viewer"
+        self.cluster_json = self.dir / "cluster.json"
+        self.audit_log = self.dir / "apiserver" / "audit.log"
+        self.client: Optional[ApiClient] = None
+
+    @property
+    def inside_url(self) -> str:
+        return f"https://{API_IP}:{API_PORT}"
+
+    @property
+    def api_url(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    def in_netns(self) -> list[str]:
+        return ["nsenter", f"--net={self.netns_path}"]
+
+    def spawn(self, name: str, argv: list[str], log_path: Path) -> Proc:
+        with log_path.open("ab") as out:
+            # A session of its own: a Ctrl-C in the terminal reaches the harness only, which stops its children in
+            # order (kubelets before their containerd, the control plane last).
+            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> KubeCluster:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        started = time.monotonic()
+        self.bin_dir = build_binaries()
+        addresses = [API_IP, MIRROR_IP, SERVICE_IP, *(node_ip(i) for i in range(1, self.node_count + 1))]
+        netns.delete(self.netns_name)  # a leftover of a killed run with the same pid
+        netns.create(self.netns_name, addresses)
+        self.netns_made = True
+        self.pki = Pki(self.dir / "pki")
+        self._start_registry()
+        self.nodes = [KubeNode(self, i) for i in range(1, self.node_count + 1)]
+        for node in self.nodes:
+            node.proxy.start()
+        self._start_forwarder()
+        self._start_control_plane()
+        for node in self.nodes:
+            node.start_holder()
+            node.make_cgroups()
+            node.start_containerd()
+            node.start_kubelet()
+        self._wait_nodes_ready()
+        self._label_nodes()
+        self._write_info()
+        log.info("cluster %s ready in %.0fs", self.name, time.monotonic() - started)
+
+    def _start_registry(self) -> None:
+        if not self.registry_upstream:
+            self.registry = Registry(self.dir, name="registry").start()
+            self.registry_host = self.registry.host
+        pause = build_pause_binary(self.bin_dir.parent / "pause" if self.bin_dir else self.dir / "pause")
+        image = build_files_image("pause", "3.10", {"/pause": (pause.read_bytes(), 0o755)}, ["/pause"])
+        push_image(self.registry_host, image)
+        push_agent_image(self.registry_host)
+
+    def _start_forwarder(self) -> None:
+        self.api_port = free_port()
+        forwards = [f"host,127.0.0.1:{self.api_port}={self.netns_path},{API_IP}:{API_PORT}"]
+        forwards += [f"{self.netns_path},{MIRROR_IP}:{n.mirror_port}=host,{n.proxy.host}" for n in self.nodes]
+        env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+        log_path = self.dir / "forwarder.log"
+        out = log_path.open("ab")
+        popen = subprocess.Popen([sys.executable, "-m", "kube.netns", *forwards], stdout=subprocess.PIPE,
+                                 stderr=out, stdin=subprocess.DEVNULL, env=env)
+        out.close()
+        assert popen.stdout is not None
+        self.forwarder = Proc("forwarder", popen, log_path)
+        self.procs.append(self.forwarder)
+        if popen.stdout.readline().decode().strip() != "forwarding":
+            raise RuntimeError(f"the forwarder failed: {log_tail(log_path)}")
+
+    def _write_tokens(self) -> Path:
+        # user → (token, groups); components use tokens as kubeadm's use certificates: the same users and groups.
+        users = {"admin": ("kubernetes-admin", "system:masters"), "viewer": ("viewer", ""),
+                 "controller-manager": ("system:kube-controller-manager", ""),
+                 "scheduler": ("system:kube-scheduler", "")}
+        users.update({n.name: (f"system:node:{n.name}", "system:nodes") for n in self.nodes})
+        lines = []
+        for key, (user, groups) in users.items():
+            token = os.urandom(24).hex()
+            self.tokens[key] = token
+            lines.append(f'{token},{user},{user},"{groups}"' if groups else f"{token},{user},{user}")
+        for node in self.nodes:
+            node.token = self.tokens[node.name]
+        path = self.dir / "apiserver" / "tokens.csv"
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        return path
+
+    def _start_control_plane(self) -> None:
+        assert self.pki is not None and self.bin_dir is not None
+        pki, bins = self.pki, self.bin_dir
+        api_dir = ensure_dir(self.dir / "apiserver")
+        etcd_dir = ensure_dir(self.dir / "etcd")
+        self.spawn("etcd", [*self.in_netns(), str(bins / "etcd"), "--name=local", f"--data-dir={etcd_dir / 'data'}",
+                            "--listen-client-urls=http://127.0.0.1:2379",
+                            "--advertise-client-urls=http://127.0.0.1:2379",
+                            "--listen-peer-urls=http://127.0.0.1:2380",
+                            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                            "--initial-cluster=local=http://127.0.0.1:2380", "--unsafe-no-fsync=true",
+                            "--log-level=warn"], etcd_dir / "etcd.log")
+        serving = pki.issue("apiserver", "kube-apiserver", server=True, ips=("127.0.0.1", API_IP, SERVICE_IP),
+                            dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                                 "kubernetes.default.svc.cluster.local"))
+        kubelet_client = pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                                   ("system:masters",))
+        sa_key, sa_pub = pki.service_account_keys()
+        tokens = self._write_tokens()
+        audit_policy = api_dir / "audit-policy.yaml"
+        audit_policy.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata"}]}))
+        self.spawn("kube-apiserver", [
+            *self.in_netns(), str(bins / "kube-apiserver"),
+            "--etcd-servers=http://127.0.0.1:2379", "--bind-address=0.0.0.0", f"--secure-port={API_PORT}",
+            f"--advertise-address={API_IP}", f"--tls-cert-file={serving[0]}", f"--tls-private-key-file={serving[1]}",
+            f"--client-ca-file={pki.ca_path}", f"--token-auth-file={tokens}",
+            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={sa_pub}", f"--service-account-signing-key-file={sa_key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--kubelet-client-certificate={kubelet_client[0]}", f"--kubelet-client-key={kubelet_client[1]}",
+            "--kubelet-preferred-address-types=InternalIP", "--allow-privileged=true", "--profiling=false",
+            f"--audit-policy-file={audit_policy}", f"--audit-log-path={self.audit_log}", "--audit-log-maxsize=0",
+            "--audit-log-mode=blocking", "--v=1",
+        ], api_dir / "kube-apiserver.log")
+        kubeconfig(self.kubeconfig, self.api_url, pki.ca_path, "admin", token=self.tokens["admin"])
+        kubeconfig(self.kubeconfig_viewer, self.api_url, pki.ca_path, "viewer", token=self.tokens["viewer"])
+        self.client = ApiClient(self.api_url, self.tokens["admin"], str(pki.ca_path), "kube-harness")
+        self._wait_api_ready()
+        self._bind_viewer()
+        for component, port, extra in (
+            ("kube-controller-manager", 10257, [
+                f"--service-account-private-key-file={sa_key}", f"--root-ca-file={pki.ca_path}",
+                f"--cluster-signing-cert-file={pki.ca_path}", f"--cluster-signing-key-file={pki.ca_key_path}",
+                "--use-service-account-credentials=true", "--node-monitor-grace-period=20s"]),
+            ("kube-scheduler", 10259, []),
+        ):
+            short = component.removeprefix("kube-")
+            config = kubeconfig(api_dir / f"{short}.kubeconfig", self.inside_url, pki.ca_path, short,
+                                token=self.tokens[short])
+            self.spawn(component, [*self.in_netns(), str(bins / component), f"--kubeconfig={config}",
+                                   f"--authentication-kubeconfig={config}", f"--authorization-kubeconfig={config}",
+                                   "--bind-address=127.0.0.1", f"--secure-port={port}", "--leader-elect=false",
+                                   "--v=1", *extra], api_dir / f"{component}.log")
+
+    def _wait_api_ready(self) -> None:
+        assert self.client is not None
+        client = self.client
+
+        def ready() -> bool:
+            self._check_alive()
+            try:
+                client.request("GET", "/readyz", timeout=5)
+                return True
+            except (ApiError, OSError):
+                return False
+
+        if not wait_until(ready, 180, interval_s=0.5):
+            tail = log_tail(self.dir / "apiserver" / "kube-apiserver.log")
+            raise RuntimeError(f"kube-apiserver not ready in 180s:\n{tail}")
+
+    def _bind_viewer(self) -> None:
+        assert self.client is not None
+        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": "prefetch-tests-viewer"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                   "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "viewer"}]}
+        with contextlib.suppress(ApiError):
+            self.client.request("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
+
+    def _check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.popen.poll() is not None and not proc.name.startswith("kubelet"):
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{log_tail(proc.log_path)}")
+
+    def _wait_nodes_ready(self, timeout_s: float = 180) -> None:
+        assert self.client is not None
+        client = self.client
+        wanted = {n.name for n in self.nodes}
+
+        def ready() -> bool:
+            self._check_alive()
+            for node in self.nodes:
+                if node.kubelet is not None and node.kubelet.popen.poll() is not None:
+                    raise RuntimeError(f"kubelet of {node.name} exited:\n{log_tail(node.dir / 'kubelet.log')}")
+            items = client.list("Node")["items"]
+            return wanted <= {n["metadata"]["name"] for n in items if node_is_ready(n)}
+
+        if not wait_until(ready, timeout_s, interval_s=1):
+            tails = "\n".join(f"--- {n.name}\n{log_tail(n.dir / 'kubelet.log', 1500)}" for n in self.nodes)
+            raise RuntimeError(f"nodes not Ready within {timeout_s:.0f}s:\n{tails}")
+
+    def _label_nodes(self) -> None:
+        """Role labels, as kubeadm sets them (a kubelet may not set node-role.kubernetes.io/* itself)."""
+        assert self.client is not None
+        for node in self.nodes:
+            role = "control-plane" if node.control_plane else "worker"
+            self.client.merge_patch("Node", node.name, {"metadata": {"labels": {
+                f"node-role.kubernetes.io/{role}": ""}}})
+
+    def _write_info(self) -> None:
+        assert self.pki is not None
+        self.info = {
+            "name": self.name, "kind": "kubernetes", "version": kube_version(), "api_url": self.api_url,
+            "ca_path": str(self.pki.ca_path), "kubeconfig": str(self.kubeconfig),
+            "kubeconfig_viewer": str(self.kubeconfig_viewer), "audit_log": str(self.audit_log),
+            "bin_dir": str(self.bin_dir), "netns": self.netns_name,
+            "registry": {"name": TEST_REGISTRY, "upstream": self.registry_host, "own": self.registry is not None,
+                         "dir": str(self.registry.workdir) if self.registry else None},
+            "agent_image": {"image": AGENT_IMAGE, "version": AGENT_TAG, "ref": f"{AGENT_IMAGE}:{AGENT_TAG}"},
+            "nodes": [node.to_json() for node in self.nodes],
+        }
+        self.cluster_json.write_text(json.dumps(self.info, indent=2) + "\n")
+
+    def stop(self) -> None:
+        """Stops everything that was started, in reverse order; safe to call twice."""
+        for node in reversed(self.nodes):
+            with contextlib.suppress(Exception):
+                node.stop()
+        for proc in reversed(self.procs):
+            with contextlib.suppress(Exception):
+                stop_process(proc.popen, term_timeout_s=10)
+        self.procs = []
+        if self.registry is not None:
+            self.registry.stop()
+            self.registry = None
+        if self.netns_made:
+            netns.delete(self.netns_name)
+            self.netns_made = False
+
+    def __enter__(self) -> KubeCluster:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def node(self, name: str) -> KubeNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+
+def node_is_ready(node: dict[str, Any]) -> bool:
+    conditions = node.get("status", {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def push_agent_image(registry_host: str) -> None:
+    """The agent image of ``make image`` (build/image/prefetch-agent.oci.tar), pushed as the cluster's agent."""
+    if not AGENT_ARCHIVE.exists():
+        raise RuntimeError(f"{AGENT_ARCHIVE} is missing: run `bash scripts/image.sh` (make image) first")
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci-archive:{AGENT_ARCHIVE}",
+                    f"docker://{registry_host}/{AGENT_REPOSITORY}:{AGENT_TAG}"], check=True, capture_output=True,
+                   stdin=subprocess.DEVNULL)
