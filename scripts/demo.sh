@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# make demo: a local registry with a few demo images, a simulated 3-node cluster (real containerd per node, simulated
-# API server), then `ansible-playbook stackrox.prefetch.prefetch` from the installed collection tarball against it,
-# which prints the per-node report. Everything is torn down at the end, unless KEEP=1 (then it prints the
+# make demo: a real local 3-node Kubernetes cluster (tests/kube: kube-apiserver, controller-manager, scheduler and
+# real kubelets on real containerd, built from their Go modules on the first run, which says so), a registry with a
+# few demo images, then `ansible-playbook stackrox.prefetch.prefetch` from the installed collection tarball against
+# it, which prints the per-node report. Everything is torn down at the end, unless KEEP=1 (then it prints the
 # kubeconfig path and how to stop the cluster).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -9,9 +10,12 @@ cd "$top"
 [ -x .venv/bin/ansible-playbook ] || bash scripts/bootstrap.sh
 py=$top/.venv/bin/python
 work=$(mktemp -d "${TMPDIR:-/tmp}/prefetch-demo-XXXXXX")
-sim_pid=""
+kube_pid=""
 started=$(date +%s)
 say() { printf '\n==> %s\n' "$*"; }
+log() { printf '    %s\n' "$*"; }
+# shellcheck source=scripts/lib-cluster.sh
+. scripts/lib-cluster.sh
 
 # shellcheck disable=SC2317  # invoked by the trap
 cleanup() {
@@ -20,12 +24,8 @@ cleanup() {
   if [ "${KEEP:-0}" = 1 ] && [ "$rc" -eq 0 ]; then
     exit 0
   fi
-  if [ -n "$sim_pid" ] && kill -0 "$sim_pid" 2>/dev/null; then
-    say "tearing down the simulated cluster"
-    kill -TERM "$sim_pid" 2>/dev/null || true
-    for _ in $(seq 120); do kill -0 "$sim_pid" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$sim_pid" 2>/dev/null || true
-  fi
+  [ -z "$kube_pid" ] || say "tearing down the cluster"
+  stop_cluster
   if [ "$rc" -eq 0 ]; then rm -rf "$work"; else echo "demo failed; logs kept in $work" >&2; fi
   exit "$rc"
 }
@@ -39,18 +39,9 @@ tree=$(BUILD_ROOT="$work/tree" bash scripts/build-tree.sh 2>/dev/null)
 ANSIBLE_COLLECTIONS_PATH="$work/collections" .venv/bin/ansible-galaxy collection install --offline "$work"/dist/stackrox-prefetch-*.tar.gz -p "$work/collections" >/dev/null
 ls "$work"/dist
 
-say "starting a registry and a simulated 3-node cluster (API server, containerd per node) in $work/cluster"
-mkdir -p "$work/cluster"
-# setsid: with KEEP=1 the cluster outlives this script and is stopped later with `kill <pid>`.
-PYTHONPATH=tests setsid "$py" -m simcluster up --dir "$work/cluster" --nodes 3 --name demo \
-  >"$work/cluster/up.out" 2>&1 </dev/null &
-sim_pid=$!
-for _ in $(seq 240); do
-  grep -q '^ready' "$work/cluster/up.out" 2>/dev/null && break
-  kill -0 "$sim_pid" 2>/dev/null || { cat "$work/cluster/up.out" >&2; exit 1; }
-  sleep 0.5
-done
-grep -q '^ready' "$work/cluster/up.out" || { echo "the simulated cluster did not become ready" >&2; exit 1; }
+say "the agent image, the Kubernetes binaries and a 3-node cluster with its registry in $work/cluster"
+ensure_agent_image
+start_cluster "$work/cluster" demo 3
 
 say "pushing demo images"
 PYTHONPATH=tests "$py" - "$work/cluster/cluster.json" "$work/images.txt" <<'PY'
@@ -63,12 +54,13 @@ with open(sys.argv[2], "w") as listing:
     for repo, tag, mib in images:
         push_test_image(info["registry"]["upstream"], repo, tag, size_mib=mib, layers=2, seed=repo)
         listing.write(f"registry.test:5000/{repo}:{tag}\n")
-nodes = ", ".join(f"{n['name']}{' (control-plane, tainted)' if n['taints'] else ''}" for n in info["nodes"])
+nodes = ", ".join(f"{n['name']}{' (control-plane, tainted)' if n['control_plane'] else ''}" for n in info["nodes"])
 print(f"registry {info['registry']['upstream']} (as registry.test:5000), nodes: {nodes}")
 PY
 cat "$work/images.txt"
 
 agent=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['agent_image']['image'])" "$work/cluster/cluster.json")
+version=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['agent_image']['version'])" "$work/cluster/cluster.json")
 say "ansible-playbook stackrox.prefetch.prefetch (from the installed tarball)"
 (
   cd "$work"
@@ -76,8 +68,13 @@ say "ansible-playbook stackrox.prefetch.prefetch (from the installed tarball)"
     "$top/.venv/bin/ansible-playbook" stackrox.prefetch.prefetch \
     -e kubeconfig="$work/cluster/kubeconfig" -e images_file="$work/images.txt" \
     -e name=demo -e namespace=prefetch-demo \
-    -e images_image="$agent" -e images_version=sim -e images_initial_pull_attempt_timeout=10s
+    -e images_image="$agent" -e images_version="$version" -e images_initial_pull_attempt_timeout=10s
 ) | tee "$work/playbook.out"
+
+kubectl=("$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['bin_dir'])" "$work/cluster/cluster.json")/kubectl" --kubeconfig "$work/cluster/kubeconfig")
+say "kubectl get nodes; kubectl rollout status daemonset/demo (the real cluster's own word)"
+"${kubectl[@]}" get nodes -o wide -L image-prefetcher.stackrox.io/demo
+"${kubectl[@]}" -n prefetch-demo rollout status daemonset/demo --timeout=60s
 
 say "images now in each node's containerd (ctr -n k8s.io images ls, not the agent's word)"
 "$py" - "$work/cluster/cluster.json" <<'PY'
@@ -96,6 +93,7 @@ if [ "${KEEP:-0}" = 1 ]; then
 The cluster keeps running (KEEP=1):
   kubeconfig:  $work/cluster/kubeconfig   (e.g. KUBECONFIG=$work/cluster/kubeconfig kubectl get pods -A)
   cluster:     $work/cluster/cluster.json
-  stop it:     kill $sim_pid && rm -rf $work
+  kubectl:     ${kubectl[0]}
+  stop it:     kill $kube_pid   (it stops everything it started; then rm -rf $work)
 MSG
 fi

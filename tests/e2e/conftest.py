@@ -1,8 +1,8 @@
-"""Session fixtures: the installed collection and a running simulated cluster.
+"""Session fixtures: the installed collection and a running local Kubernetes cluster (tests/kube).
 
-scripts/test-e2e.sh builds and installs the tarball, starts ``python -m simcluster up`` and pushes the test images,
-then passes ``E2E_COLLECTIONS_PATH`` and ``E2E_CLUSTER_DIR``. Run directly (``pytest tests/e2e``), the fixtures do the
-same themselves (tarball build + install into a temp dir, an in-process SimCluster), and stop what they started.
+scripts/test-e2e.sh builds and installs the tarball, starts ``python -m kube up`` and pushes the test images, then
+passes ``E2E_COLLECTIONS_PATH`` and ``E2E_CLUSTER_DIR``. Run directly (``pytest tests/e2e``), the fixtures do the
+same themselves (tarball build + install into a temp dir, an in-process KubeCluster), and stop what they started.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Optional
 import pytest
 
 from e2e.support import REPO, VENV_BIN, Cluster, push_all
-from simcluster.cluster import SimCluster
+from kube.cluster import KubeCluster
 
 
 def _interrupt(_signum: int, _frame: Optional[FrameType]) -> None:
@@ -54,9 +54,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if given:
         yield Cluster(Path(given))
         return
-    directory = tmp_path_factory.mktemp("sim")
-    with SimCluster(directory, nodes=3, name="sim") as sim:
-        push_all(sim.info["registry"]["upstream"])
+    directory = tmp_path_factory.mktemp("kube")
+    with KubeCluster(directory, nodes=3, name="kube") as kube:
+        push_all(kube.info["registry"]["upstream"])
         yield Cluster(directory)
 
 

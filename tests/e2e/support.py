@@ -1,4 +1,4 @@
-"""Helpers of the end-to-end tests: test images, a handle on a running simulated cluster, ansible-playbook runs."""
+"""Helpers of the end-to-end tests: test images, a handle on a running local cluster, ansible-playbook runs."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
+from infra._util import wait_until
 from infra.cri import CriClient
 from infra.images import push_test_image
 from simcluster.client import ApiClient, ApiError
@@ -20,6 +22,8 @@ from simcluster.client import ApiClient, ApiError
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 REGISTRY = "registry.test:5000"
+ADMIN_USER = "kubernetes-admin"  # the user of the cluster's admin kubeconfig, which the plays use
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
 # (repository, tag, MiB, layers): small, distinct content per image; every test uses its own images, so that
 # "present on the node" proves the test's own run pulled it.
@@ -63,7 +67,7 @@ class PlayResult:
 
 
 class Cluster:
-    """A running simulated cluster, from its cluster.json (started by scripts/test-e2e.sh or a fixture)."""
+    """A running local cluster (tests/kube), from its cluster.json (started by scripts/test-e2e.sh or a fixture)."""
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
@@ -73,6 +77,8 @@ class Cluster:
         self.api = ApiClient(self.info["api_url"], token, self.info["ca_path"], "e2e-tests")
         self.agent_image = self.info["agent_image"]["image"]
         self.agent_version = self.info["agent_image"]["version"]
+        self.audit_log = Path(self.info["audit_log"])
+        self.kubectl_bin = Path(self.info["bin_dir"]) / "kubectl"
 
     @property
     def node_names(self) -> list[str]:
@@ -81,18 +87,49 @@ class Cluster:
     def node(self, name: str) -> dict[str, Any]:
         return next(n for n in self.info["nodes"] if n["name"] == name)
 
-    # ---- API request log ------------------------------------------------------------------------
+    def kubectl(self, *args: str, check: bool = True, stdin: Optional[str] = None,
+                env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess[str]:
+        """The real kubectl of the cluster's own build, as the admin."""
+        return subprocess.run([str(self.kubectl_bin), f"--kubeconfig={self.kubeconfig}", *args], input=stdin,
+                              capture_output=True, text=True, timeout=120, check=check,
+                              env={**os.environ, **(env or {})})
+
+    # ---- API request log: the API server's audit log (Metadata level, one JSON event per line) -------------
     def request_seq(self) -> int:
-        records = self.api.request("GET", "/_sim/requests")["requests"]
-        return max((int(r["seq"]) for r in records), default=0)
+        return len(self._audit_lines())
 
-    def writes_since(self, seq: int, user: Optional[str] = "admin") -> list[dict[str, Any]]:
-        records = self.api.request("GET", "/_sim/requests", query={"since": str(seq)})["requests"]
-        return [r for r in records if r["is_write"] and (user is None or r["user"] == user)]
+    def _audit_lines(self) -> list[str]:
+        return self.audit_log.read_text().splitlines()
 
-    def requests_since(self, seq: int, user: str = "admin") -> list[dict[str, Any]]:
-        records = self.api.request("GET", "/_sim/requests", query={"since": str(seq)})["requests"]
-        return [r for r in records if r["user"] == user]
+    def _settle_audit_log(self) -> None:
+        """Waits until a marker request of ours is in the log: every request answered before it is there too."""
+        marker = f"e2e-audit-marker/{uuid.uuid4()}"
+        ApiClient(self.info["api_url"], self.api.token, self.info["ca_path"], marker).request("GET", "/version")
+        if not wait_until(lambda: any(marker in line for line in self._audit_lines()[-200:]), 30, 0.1):
+            raise AssertionError("the audit log did not record a request within 30s")
+
+    def _records_since(self, seq: int) -> list[dict[str, Any]]:
+        self._settle_audit_log()
+        records = []
+        for number, line in enumerate(self._audit_lines()[seq:], start=seq + 1):
+            event = json.loads(line)
+            ref = event.get("objectRef") or {}
+            uri = str(event.get("requestURI", ""))
+            records.append({"seq": number, "user": event.get("user", {}).get("username", ""),
+                            "verb": event.get("verb", ""), "path": uri, "namespace": ref.get("namespace", ""),
+                            "resource": ref.get("resource", ""), "name": ref.get("name", ""),
+                            "code": (event.get("responseStatus") or {}).get("code"),
+                            "user_agent": event.get("userAgent", ""),
+                            "is_write": event.get("verb") in WRITE_VERBS and "dryRun=" not in uri})
+        return records
+
+    def writes_since(self, seq: int, user: Optional[str] = ADMIN_USER) -> list[dict[str, Any]]:
+        """Requests since ``seq`` that changed (or tried to change) stored state: not reads, not dry runs."""
+        return [r for r in self._records_since(seq) if r["is_write"] and (user is None or r["user"] == user)]
+
+    def requests_since(self, seq: int, user: str = ADMIN_USER) -> list[dict[str, Any]]:
+        return [r for r in self._records_since(seq) if r["user"] == user and "e2e-audit-marker" not in
+                r["user_agent"] and r["user_agent"] != "e2e-tests"]
 
     # ---- nodes: containerd and proxies ----------------------------------------------------------
     def image_present(self, node: str, image: str) -> bool:
@@ -141,6 +178,12 @@ class Cluster:
 
     def node_labels(self) -> dict[str, dict[str, str]]:
         return {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in self.api.list("Node")["items"]}
+
+    def pod_log(self, namespace: str, pod: str, container: str) -> str:
+        """The container's log, through the API server and the node's kubelet, as ``kubectl logs``."""
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
+        text = self.api.request("GET", path, query={"container": container})
+        return text if isinstance(text, str) else json.dumps(text)
 
 
 def role_vars(cluster: Cluster, name: str, images: list[str], **extra: Any) -> dict[str, Any]:

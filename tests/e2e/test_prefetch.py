@@ -1,4 +1,4 @@
-"""End to end: ``ansible-playbook stackrox.prefetch.prefetch`` from the installed tarball against simulated nodes.
+"""End to end: ``ansible-playbook stackrox.prefetch.prefetch`` from the installed tarball against a real cluster.
 
 Every test uses its own instance (name = namespace) and its own images on the shared cluster, so "present on the
 node" and "pulled through the node's proxy" are this test's doing.
@@ -6,25 +6,25 @@ node" and "pulled through the node's proxy" are this test's doing.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from e2e.support import Cluster, PlayResult, ref, role_vars, run_playbook
-from simcluster.cluster import SimCluster
+from kube.cluster import KubeCluster
 
 LABEL_PREFIX = "image-prefetcher.stackrox.io/"
+HOST = "local"  # the inventory host that stands for the cluster
 INSTANCE_KINDS = [("ServiceAccount", True), ("ConfigMap", True), ("DaemonSet", True), ("Deployment", True),
                   ("Service", True)]
 
 
 def play(cluster: Cluster, collections_path: Path, workdir: Path, name: str, images: list[str],
          check: bool = False, **extra: object) -> PlayResult:
-    return run_playbook(workdir, collections_path, {"sim": role_vars(cluster, name, images, **extra)}, check=check)
+    return run_playbook(workdir, collections_path, {HOST: role_vars(cluster, name, images, **extra)}, check=check)
 
 
-def node_report(result: PlayResult, host: str = "sim") -> dict[str, dict[str, object]]:
+def node_report(result: PlayResult, host: str = HOST) -> dict[str, dict[str, object]]:
     return {str(n["node"]): n for n in result.results[host]["nodes"]}
 
 
@@ -120,7 +120,7 @@ def test_second_identical_run_changes_nothing(cluster: Cluster, collections_path
     second = play(cluster, collections_path, workdir / "2", "e2e-idem", images, images_pull_policy="IfNotPresent")
     assert_ok(second)
     assert second.changed_total == 0, second.stdout[-3000:]
-    assert second.results["sim"]["changed"] in (False, "False", "false")
+    assert second.results[HOST]["changed"] in (False, "False", "false")
     assert cluster.writes_since(seq) == [], cluster.writes_since(seq)
     assert cluster.requests_since(seq), "the second run did not reach the API server at all"
     assert {p["metadata"]["uid"] for p in cluster.pods("e2e-idem")} == pods_before
@@ -220,39 +220,27 @@ def test_ocp_flavor_uses_scc_rbac_and_crio_socket(cluster: Cluster, collections_
     assert any(v.get("hostPath", {}).get("path") == "/var/run/crio" for v in volumes.values()), volumes
     for pod in cluster.pods(name):
         node = pod["spec"]["nodeName"]
-        pod_dir = next(Path(cluster.node(node)["pods_dir"]).glob(f"{name}_{pod['metadata']['name']}_*"))
-        spec_text = (pod_dir / "containers" / "prefetch" / "0.json").read_text()
-        # The agent ran with the CRI-O socket path, bound from the node's /var/run/crio.
-        assert "/tmp/cri/crio.sock" in spec_text and "/root/run/crio" in spec_text, spec_text
-        log_text = (pod_dir / "containers" / "prefetch" / "0.log").read_text()
-        assert "crio.sock" in log_text or "connected" in log_text, log_text[-2000:]
+        container = next(c for c in pod["spec"]["initContainers"] if c["name"] == "prefetch")
+        # The agent ran with the CRI-O socket path, bound by the real kubelet from the node's /var/run/crio.
+        assert any("crio.sock" in arg for arg in container["args"]), container["args"]
+        log_text = cluster.pod_log(name, pod["metadata"]["name"], "prefetch")
+        assert "crio.sock" in log_text or "pulling images finished" in log_text, log_text[-2000:]
         assert cluster.image_present(node, image)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 def test_collect_metrics_returns_aggregator_metrics(cluster: Cluster, collections_path: Path,
                                                      workdir: Path) -> None:
-    if not (_port_free(8443) and _port_free(8080)):
-        pytest.skip("ports 8443/8080 are taken on this host: the simulated aggregator shares the host network")
     name = "e2e-metrics"
     image = ref("e2e/metrics")
     try:
         result = play(cluster, collections_path, workdir / "1", name, [image], images_collect_metrics=True)
         assert_ok(result)
-        metrics = result.results["sim"]["metrics"]
-        assert isinstance(metrics, list) and metrics, result.results["sim"]
+        metrics = result.results[HOST]["metrics"]
+        assert isinstance(metrics, list) and metrics, result.results[HOST]
         nodes = {str(m.get("node")) for m in metrics}
         assert nodes == set(cluster.node_names), metrics
         assert all(m.get("image") == image for m in metrics), metrics
-    finally:  # frees the host ports 8443/8080 for whoever comes next
+    finally:
         play(cluster, collections_path, workdir / "2", name, [image], images_state="absent")
 
 
@@ -260,15 +248,15 @@ def test_role_against_two_clusters_at_once(cluster: Cluster, collections_path: P
                                            tmp_path_factory: pytest.TempPathFactory) -> None:
     image = ref("e2e/multi")
     upstream = cluster.info["registry"]["upstream"]
-    with SimCluster(tmp_path_factory.mktemp("second"), nodes=2, registry_upstream=upstream, name="simb") as sim_b:
-        second = Cluster(sim_b.dir)
-        hosts = {"sim": role_vars(cluster, "e2e-multi", [image]),
-                 "simb": role_vars(second, "e2e-multi", [image])}
+    with KubeCluster(tmp_path_factory.mktemp("second"), nodes=2, registry_upstream=upstream, name="kubeb") as kube_b:
+        second = Cluster(kube_b.dir)
+        hosts = {HOST: role_vars(cluster, "e2e-multi", [image]),
+                 "second": role_vars(second, "e2e-multi", [image])}
         result = run_playbook(workdir, collections_path, hosts)
         assert_ok(result)
-        assert sorted(result.results) == ["sim", "simb"]
-        assert sorted(node_report(result, "sim")) == sorted(cluster.node_names)
-        assert sorted(node_report(result, "simb")) == ["simb-node-1", "simb-node-2"]
+        assert sorted(result.results) == [HOST, "second"]
+        assert sorted(node_report(result, HOST)) == sorted(cluster.node_names)
+        assert sorted(node_report(result, "second")) == ["kubeb-node-1", "kubeb-node-2"]
         for node in second.node_names:
             assert second.image_present(node, image)
         for node in cluster.node_names:

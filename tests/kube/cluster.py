@@ -57,6 +57,7 @@ PAUSE_IMAGE = f"{TEST_REGISTRY}/pause:3.10"
 
 API_IP = "10.250.0.1"       # the API server (advertised address)
 MIRROR_IP = "10.250.0.2"    # forwarders to the nodes' registry fault proxies, one port per node
+DNS_IP = "10.250.0.3"       # CoreDNS: the kubelets' clusterDNS (outside the Service range: no kube-dns Service)
 SERVICE_CIDR = "10.96.0.0/24"
 SERVICE_IP = "10.96.0.1"    # ClusterIP of default/kubernetes: the first address of SERVICE_CIDR
 API_PORT = 443
@@ -204,7 +205,9 @@ class KubeNode:
             "authorization": {"mode": "Webhook"},
             "cgroupDriver": "cgroupfs", "cgroupRoot": self.cgroup_root, "cgroupsPerQOS": True,
             "containerRuntimeEndpoint": f"unix://{NODE_SOCKET}",
-            "failSwapOn": False, "resolvConf": "/etc/resolv.conf", "clusterDomain": "cluster.local",
+            "failSwapOn": False, "clusterDomain": "cluster.local", "clusterDNS": [DNS_IP],
+            # Pods get the cluster's DNS only, not this machine's resolvers and search domains.
+            "resolvConf": str(self.cluster.empty_resolv_conf),
             "podLogsDir": str(ensure_dir(self.dir / "pod-logs")),
             "volumePluginDir": str(ensure_dir(self.dir / "volume-plugins")),
             # Never collect the images a test prefetched, nor evict pods of a machine with a full-ish disk.
@@ -328,6 +331,8 @@ class KubeCluster:
         self.cluster_json = self.dir / "cluster.json"
         self.audit_log = self.dir / "apiserver" / "audit.log"
         self.client: Optional[ApiClient] = None
+        self.empty_resolv_conf = self.dir / "resolv.conf"
+        self.empty_resolv_conf.write_text("")
 
     @property
     def inside_url(self) -> str:
@@ -362,7 +367,7 @@ class KubeCluster:
     def _start(self) -> None:
         started = time.monotonic()
         self.bin_dir = build_binaries()
-        addresses = [API_IP, MIRROR_IP, SERVICE_IP, *(node_ip(i) for i in range(1, self.node_count + 1))]
+        addresses = [API_IP, MIRROR_IP, DNS_IP, SERVICE_IP, *(node_ip(i) for i in range(1, self.node_count + 1))]
         netns.delete(self.netns_name)  # a leftover of a killed run with the same pid
         netns.create(self.netns_name, addresses)
         self.netns_made = True
@@ -378,6 +383,7 @@ class KubeCluster:
             node.make_cgroups()
             node.start_containerd()
             node.start_kubelet()
+        self._start_cluster_network()
         self._wait_nodes_ready()
         self._label_nodes()
         self._write_info()
@@ -412,7 +418,8 @@ class KubeCluster:
         # user → (token, groups); components use tokens as kubeadm's use certificates: the same users and groups.
         users = {"admin": ("kubernetes-admin", "system:masters"), "viewer": ("viewer", ""),
                  "controller-manager": ("system:kube-controller-manager", ""),
-                 "scheduler": ("system:kube-scheduler", "")}
+                 "scheduler": ("system:kube-scheduler", ""), "proxy": ("system:kube-proxy", ""),
+                 "coredns": ("system:coredns", "")}
         users.update({n.name: (f"system:node:{n.name}", "system:nodes") for n in self.nodes})
         lines = []
         for key, (user, groups) in users.items():
@@ -483,6 +490,68 @@ class KubeCluster:
                                    "--bind-address=127.0.0.1", f"--secure-port={port}", "--leader-elect=false",
                                    "--v=1", *extra], api_dir / f"{component}.log")
 
+    def _start_cluster_network(self) -> None:
+        """kube-proxy (iptables mode) gives Services their ClusterIPs, CoreDNS their names.
+
+        One of each serves every node: the nodes share one network namespace, as pods on one node share its
+        kernel. masqueradeAll: a pod that reaches a Service backed by a pod on its own bridge gets the answer back
+        through the namespace's conntrack (this kernel has no br_netfilter for bridged replies).
+        """
+        assert self.pki is not None and self.bin_dir is not None and self.client is not None
+        api_dir = self.dir / "apiserver"
+        proxy_kubeconfig = kubeconfig(api_dir / "kube-proxy.kubeconfig", self.inside_url, self.pki.ca_path,
+                                      "kube-proxy", token=self.tokens["proxy"])
+        proxy_config = api_dir / "kube-proxy.yaml"
+        proxy_config.write_text(yaml.safe_dump({
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": str(proxy_kubeconfig)}, "mode": "iptables",
+            "iptables": {"masqueradeAll": True}, "conntrack": {"maxPerCore": 0},
+            "clusterCIDR": "10.251.0.0/16", "hostnameOverride": self.nodes[0].name,
+            "metricsBindAddress": "127.0.0.1:10249", "healthzBindAddress": "127.0.0.1:10256"}))
+        self.spawn("kube-proxy", [*self.in_netns(), str(self.bin_dir / "kube-proxy"), f"--config={proxy_config}",
+                                  "--v=1"], api_dir / "kube-proxy.log")
+        self._grant_coredns()
+        dns_kubeconfig = kubeconfig(api_dir / "coredns.kubeconfig", self.inside_url, self.pki.ca_path, "coredns",
+                                    token=self.tokens["coredns"])
+        corefile = api_dir / "Corefile"
+        corefile.write_text(f""".:53 {{
+    errors
+    health {DNS_IP}:18080
+    ready {DNS_IP}:18181
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {dns_kubeconfig} local
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 5
+}}
+""")
+        self.spawn("coredns", [*self.in_netns(), str(self.bin_dir / "coredns"), "-conf", str(corefile)],
+                   api_dir / "coredns.log")
+
+    def _grant_coredns(self) -> None:
+        """What kubeadm grants CoreDNS's ServiceAccount (ClusterRole system:coredns), to its user here."""
+        assert self.client is not None
+        rules = [{"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+                  "verbs": ["list", "watch"]},
+                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]
+        self._ensure("/apis/rbac.authorization.k8s.io/v1/clusterroles", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "system:coredns"}, "rules": rules})
+        self._ensure("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:coredns"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:coredns"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:coredns"}]})
+
+    def _ensure(self, collection: str, obj: dict[str, Any]) -> None:
+        assert self.client is not None
+        try:
+            self.client.request("POST", collection, obj)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+
     def _wait_api_ready(self) -> None:
         assert self.client is not None
         client = self.client
@@ -500,13 +569,11 @@ class KubeCluster:
             raise RuntimeError(f"kube-apiserver not ready in 180s:\n{tail}")
 
     def _bind_viewer(self) -> None:
-        assert self.client is not None
-        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                   "metadata": {"name": "prefetch-tests-viewer"},
-                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
-                   "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "viewer"}]}
-        with contextlib.suppress(ApiError):
-            self.client.request("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
+        self._ensure("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "prefetch-tests-viewer"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "viewer"}]})
 
     def _check_alive(self) -> None:
         for proc in self.procs:
