@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# ansible-test integration for every target (manifest, apply, rollout) against a simulated 3-node cluster.
-# Starts tests/simcluster (API server, nodes with real containerd, its own registry), pushes the test images,
-# writes tests/integration/integration_config.yml into a private build of the collection, runs
+# ansible-test integration for every target (manifest, apply, rollout) against a real local 3-node Kubernetes
+# cluster (tests/kube; see scripts/lib-cluster.sh): pushes the test images to the cluster's registry, writes
+# tests/integration/integration_config.yml into a private build of the collection, runs
 # `ansible-test integration --local`, and stops the cluster on exit, also on failure and on SIGINT/SIGTERM.
 # Usage: scripts/test-integration.sh [target ...]   (default: manifest apply rollout). KEEP=1 keeps the work dir.
 set -euo pipefail
@@ -11,26 +11,15 @@ py="$top/.venv/bin/python"
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(manifest apply rollout)
 log() { printf 'test-integration: %s\n' "$*" >&2; }
+# shellcheck source=scripts/lib-cluster.sh
+. scripts/lib-cluster.sh
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/prefetch-integration.XXXXXX")
-sim_pid=""
-stop_cluster() {
-  [ -n "$sim_pid" ] || return 0
-  if kill -0 "$sim_pid" 2>/dev/null; then
-    kill -TERM "$sim_pid" 2>/dev/null || true
-    for _ in $(seq 1 60); do kill -0 "$sim_pid" 2>/dev/null || break; sleep 1; done
-    if kill -0 "$sim_pid" 2>/dev/null; then
-      log "simcluster did not stop within 60s; killing it"
-      kill -KILL "$sim_pid" 2>/dev/null || true
-    fi
-  fi
-  wait "$sim_pid" 2>/dev/null || true
-  sim_pid=""
-}
+kube_pid=""
 cleanup() {
   local status=$?
   stop_cluster
-  if [ "${KEEP:-0}" = 1 ]; then log "kept $work"; else rm -rf "$work"; fi
+  if [ "${KEEP:-0}" = 1 ] || [ "$status" -ne 0 ]; then log "kept $work"; else rm -rf "$work"; fi
   exit "$status"
 }
 trap cleanup EXIT
@@ -39,23 +28,11 @@ trap 'exit 143' TERM
 
 # A private build of the collection: other engineers' builds of build/ cannot remove the generated config.
 collection=$(BUILD_ROOT="$work/build" bash scripts/build-tree.sh)
-
-log "starting the simulated cluster in $work/sim"
-PYTHONPATH="$top/tests" "$py" -m simcluster up --dir "$work/sim" --nodes 3 >"$work/sim.out" 2>"$work/sim.err" &
-sim_pid=$!
-for _ in $(seq 1 300); do
-  grep -qx ready "$work/sim.out" 2>/dev/null && break
-  if ! kill -0 "$sim_pid" 2>/dev/null; then
-    log "simcluster exited before it was ready:"; cat "$work/sim.err" >&2
-    tail -n 30 "$work/sim/simcluster.log" >&2 2>/dev/null || true
-    exit 1
-  fi
-  sleep 1
-done
-grep -qx ready "$work/sim.out" || { log "simcluster not ready within 300s"; tail -n 30 "$work/sim/simcluster.log" >&2; exit 1; }
+ensure_agent_image
+start_cluster "$work/kube" it 3
 
 log "pushing the test images and writing integration_config.yml"
-PYTHONPATH="$top/tests" "$py" - "$work/sim/cluster.json" "$collection/tests/integration/integration_config.yml" <<'PY'
+PYTHONPATH="$top/tests" "$py" - "$work/kube/cluster.json" "$collection/tests/integration/integration_config.yml" <<'PY'
 import json
 import sys
 
@@ -78,6 +55,7 @@ config = {
     "prefetch_images": images,
     "prefetch_missing_image": f"{registry['name']}/team/missing:v1",
     "prefetch_nodes": sorted(node["name"] for node in cluster["nodes"]),
+    "prefetch_audit_log": cluster["audit_log"],
 }
 with open(sys.argv[2], "w") as out:
     yaml.safe_dump(config, out)

@@ -157,12 +157,20 @@ def prefetch_terminated(pod: dict[str, Any]) -> Optional[dict[str, Any]]:
     return None
 
 
-def rollout_complete(daemonset: dict[str, Any], pods: list[dict[str, Any]]) -> Progress:
-    """DaemonSet predicate plus: every current pod's prefetch init container has terminated (summary readable)."""
+def rollout_complete(
+    daemonset: dict[str, Any], pods: list[dict[str, Any]], nodes: Optional[dict[str, dict[str, Any]]] = None
+) -> Progress:
+    """DaemonSet predicate plus: every current pod's prefetch init container has terminated (summary readable).
+
+    ``nodes`` (name -> Node, None when Nodes cannot be read): a pod whose node was deleted is not waited for; its
+    kubelet is gone, so its status never changes again (the pod garbage collector removes it later).
+    """
     progress = daemonset_progress(daemonset)
     if not progress.done:
         return progress
     current = [pod for pod in pods if is_current_pod(pod, daemonset)]
+    if nodes is not None:
+        current = [pod for pod in current if not pod_node(pod) or pod_node(pod) in nodes]
     desired = int(_status(daemonset).get("desiredNumberScheduled") or 0)
     if len(current) < desired:
         return Progress(False, f"{len(current)}/{desired} current pods seen")
@@ -351,18 +359,73 @@ def _newest_per_node(pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return chosen
 
 
+def node_not_ready(node: dict[str, Any]) -> Optional[str]:
+    """Why a node is not Ready (its Ready condition), or None when it is (or has not reported yet)."""
+    for condition in _status(node).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            if condition.get("status") == "True":
+                return None
+            reason = condition.get("reason") or f"Ready={condition.get('status')}"
+            return f"node not Ready since {condition.get('lastTransitionTime') or '?'} ({reason}: " \
+                   f"{_shorten(condition.get('message') or '', 200)})"
+    return None
+
+
+_STILL_WAITING = ("pulling", "pending", "not_started", "unknown")
+
+
+def annotate_nodes(
+    reports: list[dict[str, Any]], nodes: Optional[dict[str, dict[str, Any]]], seen: set[str]
+) -> list[dict[str, Any]]:
+    """Adds ``node_state`` (ready, not_ready, cordoned, deleted) from the Node objects, and a ``gone`` entry for
+    every node that had a pod of this rollout and was deleted since. Without Nodes (None), reports stay as they are.
+    """
+    if nodes is None:
+        return reports
+    names = {report["node"] for report in reports}
+    reports = reports + [_empty_report(name, None, "gone", "") for name in sorted(seen - names - set(nodes))]
+    for report in reports:
+        node = nodes.get(report["node"])
+        if node is None and report["node"].startswith("(unscheduled "):
+            continue
+        if node is None:
+            report["node_state"] = "deleted"
+            if report["status"] in _STILL_WAITING or report["status"] == "gone":
+                before = f" (it was {report['status']}: {report['message']})" if report["message"] else ""
+                report["status"] = "gone"
+                report["message"] = f"the node was deleted during the rollout{before}"
+            continue
+        problem = node_not_ready(node)
+        if problem is not None:
+            report["node_state"] = "not_ready"
+            if report["status"] in _STILL_WAITING:
+                report["message"] = f"{problem}; {report['message']}" if report["message"] else problem
+        elif (node.get("spec") or {}).get("unschedulable"):
+            report["node_state"] = "cordoned"
+        else:
+            report["node_state"] = "ready"
+    return sorted(reports, key=lambda report: report["node"])
+
+
 def build_report(
-    daemonset: dict[str, Any], pods: list[dict[str, Any]], expected_nodes: Optional[list[str]] = None
+    daemonset: dict[str, Any],
+    pods: list[dict[str, Any]],
+    expected_nodes: Optional[list[str]] = None,
+    nodes_by_name: Optional[dict[str, dict[str, Any]]] = None,
+    seen_nodes: Optional[set[str]] = None,
 ) -> dict[str, Any]:
-    """``nodes`` (sorted by node), ``totals`` and ``daemonset`` counters from the current pods."""
+    """``nodes`` (sorted by node), ``totals`` and ``daemonset`` counters from the current pods; with the Node
+    objects, each entry also says the node's state, and nodes deleted during the rollout are reported ``gone``."""
     by_node = _newest_per_node([pod for pod in pods if is_current_pod(pod, daemonset)])
     names = set(by_node) | set(expected_nodes or [])
     nodes = [node_report(name, by_node.get(name)) for name in sorted(names)]
+    nodes = annotate_nodes(nodes, nodes_by_name, seen_nodes or set())
     totals = {
         "nodes": len(nodes),
         "nodes_succeeded": sum(1 for report in nodes if report["status"] == "succeeded"),
         "nodes_failed": sum(1 for report in nodes if report["status"] == "failed"),
         "nodes_error": sum(1 for report in nodes if report["status"] == "error"),
+        "nodes_gone": sum(1 for report in nodes if report["status"] == "gone"),
         "images_ok": sum(report["ok"] for report in nodes),
         "images_failed": sum(report["failed"] for report in nodes),
         "images_skipped": sum(report["skipped"] for report in nodes),
@@ -418,6 +481,14 @@ def timeout_message(
 ) -> str:
     """Which nodes are still pulling, which never started and why, plus the DaemonSet's warning events."""
     parts = [f"timed out after {int(timeout)}s waiting for {target} ({progress.reason})"]
+    not_ready = [n for n in nodes if n.get("node_state") == "not_ready" and n["status"] in _STILL_WAITING]
+    if not_ready:
+        described = ["{} ({})".format(n["node"], n["message"]) for n in not_ready]
+        parts.append(f"node not Ready: {_join_limited(described)}")
+    nodes = [n for n in nodes if n not in not_ready]
+    gone = _nodes_with(nodes, ("gone",), with_message=False)
+    if gone:
+        parts.append(f"deleted during the rollout: {', '.join(gone)}")
     pulling = _nodes_with(nodes, ("pulling",), with_message=False)
     waiting = _nodes_with(nodes, ("pending", "not_started"), with_message=True)
     if pulling:
@@ -537,11 +608,21 @@ class WatchState:
     name: str
     daemonset: Optional[dict[str, Any]] = None
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nodes: Optional[dict[str, dict[str, Any]]] = None  # None: the Nodes are not (or cannot be) watched
+    seen_nodes: set[str] = field(default_factory=set)  # nodes that had a current pod of this rollout
+
+    def _saw(self, pod: dict[str, Any]) -> None:
+        if self.daemonset is not None and is_current_pod(pod, self.daemonset) and pod_node(pod):
+            self.seen_nodes.add(pod_node(pod))
 
     def sync(self, kind: str, items: list[dict[str, Any]]) -> None:
         """A fresh list replaces everything known of that kind."""
-        if kind == "pods":
+        if kind == "nodes":
+            self.nodes = {str(_meta(item).get("name")): item for item in items}
+        elif kind == "pods":
             self.pods = {str(_meta(item).get("name")): item for item in items}
+            for pod in items:
+                self._saw(pod)
         else:
             self.daemonset = next((item for item in items if _meta(item).get("name") == self.name), None)
 
@@ -551,11 +632,18 @@ class WatchState:
         if kind_of_event not in ("ADDED", "MODIFIED", "DELETED"):
             return  # BOOKMARK only moves the resourceVersion
         name = str(_meta(obj).get("name"))
-        if kind == "pods":
+        if kind == "nodes":
+            if self.nodes is not None:
+                if kind_of_event == "DELETED":
+                    self.nodes.pop(name, None)
+                else:
+                    self.nodes[name] = obj
+        elif kind == "pods":
             if kind_of_event == "DELETED":
                 self.pods.pop(name, None)
             else:
                 self.pods[name] = obj
+                self._saw(obj)
         elif name == self.name:
             self.daemonset = None if kind_of_event == "DELETED" else obj
 
@@ -574,10 +662,12 @@ class _ListWatch(threading.Thread):
         kind: str,
         events: queue.Queue[tuple[str, str, Any]],
         watch_slice: int,
+        optional: bool = False,
     ) -> None:
         super().__init__(daemon=True, name=f"watch-{kind}")
         self.cluster, self.info, self.namespace, self.selector = cluster, info, namespace, selector
         self.kind, self.events, self.watch_slice = kind, events, watch_slice
+        self.optional = optional  # a denied list/watch ends this watcher quietly instead of failing the wait
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -598,6 +688,9 @@ class _ListWatch(threading.Thread):
                     self.events.put(("error", self.kind, error))
                     return
                 self.stopped.wait(1.0)
+            except (ForbiddenError, NotFoundError) as error:
+                self.events.put(("unwatched", self.kind, None) if self.optional else ("error", self.kind, error))
+                return
             except PrefetchError as error:
                 self.events.put(("error", self.kind, error))
                 return
@@ -677,6 +770,18 @@ class RolloutWaiter:
                 events,
                 slice_seconds,
             ),
+            # Nodes: to tell a node that was deleted, or stopped reporting, from one that is still pulling.
+            # Optional: a user who may not list Nodes gets the report without node states.
+            _ListWatch(
+                self.cluster,
+                self.cluster.resource_for("v1", "Node"),
+                "",
+                None,
+                "nodes",
+                events,
+                slice_seconds,
+                optional=True,
+            ),
         ]
         for watcher in watchers:
             watcher.start()
@@ -699,7 +804,9 @@ class RolloutWaiter:
         what, kind, payload = item
         if what == "error":
             raise RolloutError(str(payload), self.report(state))
-        if what == "sync":
+        if what == "unwatched":
+            state.nodes = None
+        elif what == "sync":
             state.sync(kind, payload)
         else:
             state.apply(kind, payload)
@@ -707,7 +814,7 @@ class RolloutWaiter:
     def _evaluate(self, state: WatchState) -> Progress:
         if state.daemonset is None:
             raise RolloutError(f"{self.target} was deleted while waiting for it", {})
-        progress = rollout_complete(state.daemonset, list(state.pods.values()))
+        progress = rollout_complete(state.daemonset, list(state.pods.values()), state.nodes)
         if progress.no_nodes:
             events = self._warning_events(state, {self.name, *state.pods.keys()})
             raise RolloutError(no_nodes_message(self.target, state.daemonset, events), self.report(state))
@@ -729,7 +836,7 @@ class RolloutWaiter:
         if state.daemonset is None:
             return {}
         expected = self._expected_nodes(state.daemonset) if with_expected_nodes else None
-        return build_report(state.daemonset, list(state.pods.values()), expected)
+        return build_report(state.daemonset, list(state.pods.values()), expected, state.nodes, state.seen_nodes)
 
     def _expected_nodes(self, daemonset: dict[str, Any]) -> Optional[list[str]]:
         """Nodes that should run a pod, to name those that never got one (None when nodes may not be listed)."""

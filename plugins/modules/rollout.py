@@ -114,9 +114,19 @@ nodes:
         - V(succeeded) every image is present; V(failed) some image is not (see RV(nodes[].errors));
           V(pulling) the agent runs; V(pending) the init container waits (for example the agent's own image does not
           pull); V(not_started) no pod or not scheduled yet; V(unknown) the agent's summary is missing or unreadable;
-          V(error) the agent cannot start (fatal start-up error or crash loop; RV(nodes[].message) says why).
+          V(error) the agent cannot start (fatal start-up error or crash loop; RV(nodes[].message) says why);
+          V(gone) the node was deleted during the rollout before its agent reported.
       type: str
-      choices: [succeeded, failed, pulling, pending, not_started, unknown, error]
+      choices: [succeeded, failed, pulling, pending, not_started, unknown, error, gone]
+    node_state:
+      description:
+        - The node itself, from its Node object: V(ready); V(not_ready) its Ready condition is not True (for
+          example the kubelet stopped posting status; RV(nodes[].message) gives the condition); V(cordoned)
+          unschedulable (the DaemonSet's pod still runs there); V(deleted) the Node object is gone.
+        - Missing when the Nodes cannot be listed with the given credentials.
+      type: str
+      returned: when the Nodes can be listed
+      choices: [ready, not_ready, cordoned, deleted]
     ok:
       description: Images pulled in this run.
       type: int
@@ -173,6 +183,9 @@ totals:
       type: int
     nodes_error:
       description: Nodes with status error (the agent cannot start).
+      type: int
+    nodes_gone:
+      description: Nodes with status gone (deleted during the rollout).
       type: int
     images_ok:
       description: Sum of ok.
@@ -236,7 +249,6 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
 )
 from ansible_collections.stackrox.prefetch.plugins.module_utils._rollout import (
     RolloutWaiter,
-    build_report,
     metrics_summary,
     pull_failure_message,
 )
@@ -289,8 +301,7 @@ def run(module: AnsibleModule) -> None:
         if params["collect_metrics"] and error.result:
             add_metrics(module, waiter, error.result)
         raise
-    final = state.daemonset or daemonset  # wait() returns only while the DaemonSet exists
-    result: dict[str, t.Any] = build_report(final, list(state.pods.values()))
+    result: dict[str, t.Any] = waiter.report(state)  # wait() returns only while the DaemonSet exists
     if params["collect_metrics"]:
         add_metrics(module, waiter, result)
     for report in result["nodes"]:

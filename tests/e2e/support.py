@@ -33,6 +33,9 @@ TEST_IMAGES: list[tuple[str, str, float, int]] = [
     ("e2e/keep0", "v1", 0.5, 1), ("e2e/keep1", "v1", 0.5, 1), ("e2e/new0", "v1", 0.5, 1),
     ("e2e/ok", "v1", 0.5, 1), ("e2e/ocp", "v1", 0.5, 1), ("e2e/metrics", "v1", 0.5, 1),
     ("e2e/idem", "v1", 0.5, 1), ("e2e/multi", "v1", 0.5, 1), ("e2e/gone", "v1", 0.5, 1),
+    ("e2e/status", "v1", 0.5, 1), ("e2e/edit", "v1", 0.5, 1), ("e2e/kubectl", "v1", 0.5, 1),
+    ("e2e/psa", "v1", 0.5, 1), ("e2e/rbac", "v1", 0.5, 1),
+    *[(f"e2e/life-{what}", "v1", 0.5, 1) for what in ("cordon", "delete", "kubelet", "add")],
 ]
 
 

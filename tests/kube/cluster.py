@@ -307,11 +307,15 @@ def remove_cgroups(cgroup_root: str) -> None:
 
 class KubeCluster:
     def __init__(self, directory: Path | str, nodes: int = 3, name: str = "kube",
-                 registry_upstream: Optional[str] = None) -> None:
+                 registry_upstream: Optional[str] = None, spare_nodes: int = 0) -> None:
         self.dir = Path(directory).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.node_count = nodes
+        # Nodes that add_node() can start later: their address, token and registry forward exist from the start
+        # (the API server reads its token file once, the forwarder its rules once).
+        self.spare_count = spare_nodes
+        self.spares: list[KubeNode] = []
         self.netns_name = f"pf{os.getpid()}{name}"[:15]
         self.netns_path = f"/run/netns/{self.netns_name}"
         self.registry_upstream = registry_upstream
@@ -367,27 +371,45 @@ class KubeCluster:
     def _start(self) -> None:
         started = time.monotonic()
         self.bin_dir = build_binaries()
-        addresses = [API_IP, MIRROR_IP, DNS_IP, SERVICE_IP, *(node_ip(i) for i in range(1, self.node_count + 1))]
+        total = self.node_count + self.spare_count
+        addresses = [API_IP, MIRROR_IP, DNS_IP, SERVICE_IP, *(node_ip(i) for i in range(1, total + 1))]
         netns.delete(self.netns_name)  # a leftover of a killed run with the same pid
         netns.create(self.netns_name, addresses)
         self.netns_made = True
         self.pki = Pki(self.dir / "pki")
         self._start_registry()
         self.nodes = [KubeNode(self, i) for i in range(1, self.node_count + 1)]
-        for node in self.nodes:
+        self.spares = [KubeNode(self, i) for i in range(self.node_count + 1, total + 1)]
+        for node in [*self.nodes, *self.spares]:
             node.proxy.start()
         self._start_forwarder()
         self._start_control_plane()
         for node in self.nodes:
-            node.start_holder()
-            node.make_cgroups()
-            node.start_containerd()
-            node.start_kubelet()
+            self._start_node(node)
         self._start_cluster_network()
-        self._wait_nodes_ready()
-        self._label_nodes()
+        self._wait_nodes_ready(self.nodes)
+        self._label_nodes(self.nodes)
         self._write_info()
         log.info("cluster %s ready in %.0fs", self.name, time.monotonic() - started)
+
+    @staticmethod
+    def _start_node(node: KubeNode) -> None:
+        node.start_holder()
+        node.make_cgroups()
+        node.start_containerd()
+        node.start_kubelet()
+
+    def add_node(self) -> KubeNode:
+        """Starts the next spare node (a new machine joining the cluster); returns it once it is Ready."""
+        if not self.spares:
+            raise RuntimeError("no spare node left: start the cluster with spare_nodes=N")
+        node = self.spares.pop(0)
+        self.nodes.append(node)
+        self._start_node(node)
+        self._wait_nodes_ready([node])
+        self._label_nodes([node])
+        self._write_info()
+        return node
 
     def _start_registry(self) -> None:
         if not self.registry_upstream:
@@ -401,7 +423,8 @@ class KubeCluster:
     def _start_forwarder(self) -> None:
         self.api_port = free_port()
         forwards = [f"host,127.0.0.1:{self.api_port}={self.netns_path},{API_IP}:{API_PORT}"]
-        forwards += [f"{self.netns_path},{MIRROR_IP}:{n.mirror_port}=host,{n.proxy.host}" for n in self.nodes]
+        forwards += [f"{self.netns_path},{MIRROR_IP}:{n.mirror_port}=host,{n.proxy.host}"
+                     for n in [*self.nodes, *self.spares]]
         env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
         log_path = self.dir / "forwarder.log"
         out = log_path.open("ab")
@@ -420,13 +443,13 @@ class KubeCluster:
                  "controller-manager": ("system:kube-controller-manager", ""),
                  "scheduler": ("system:kube-scheduler", ""), "proxy": ("system:kube-proxy", ""),
                  "coredns": ("system:coredns", "")}
-        users.update({n.name: (f"system:node:{n.name}", "system:nodes") for n in self.nodes})
+        users.update({n.name: (f"system:node:{n.name}", "system:nodes") for n in [*self.nodes, *self.spares]})
         lines = []
         for key, (user, groups) in users.items():
             token = os.urandom(24).hex()
             self.tokens[key] = token
             lines.append(f'{token},{user},{user},"{groups}"' if groups else f"{token},{user},{user}")
-        for node in self.nodes:
+        for node in [*self.nodes, *self.spares]:
             node.token = self.tokens[node.name]
         path = self.dir / "apiserver" / "tokens.csv"
         path.write_text("\n".join(lines) + "\n")
@@ -580,27 +603,27 @@ class KubeCluster:
             if proc.popen.poll() is not None and not proc.name.startswith("kubelet"):
                 raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{log_tail(proc.log_path)}")
 
-    def _wait_nodes_ready(self, timeout_s: float = 180) -> None:
+    def _wait_nodes_ready(self, nodes: list[KubeNode], timeout_s: float = 180) -> None:
         assert self.client is not None
         client = self.client
-        wanted = {n.name for n in self.nodes}
+        wanted = {n.name for n in nodes}
 
         def ready() -> bool:
             self._check_alive()
-            for node in self.nodes:
+            for node in nodes:
                 if node.kubelet is not None and node.kubelet.popen.poll() is not None:
                     raise RuntimeError(f"kubelet of {node.name} exited:\n{log_tail(node.dir / 'kubelet.log')}")
             items = client.list("Node")["items"]
             return wanted <= {n["metadata"]["name"] for n in items if node_is_ready(n)}
 
         if not wait_until(ready, timeout_s, interval_s=1):
-            tails = "\n".join(f"--- {n.name}\n{log_tail(n.dir / 'kubelet.log', 1500)}" for n in self.nodes)
+            tails = "\n".join(f"--- {n.name}\n{log_tail(n.dir / 'kubelet.log', 1500)}" for n in nodes)
             raise RuntimeError(f"nodes not Ready within {timeout_s:.0f}s:\n{tails}")
 
-    def _label_nodes(self) -> None:
+    def _label_nodes(self, nodes: list[KubeNode]) -> None:
         """Role labels, as kubeadm sets them (a kubelet may not set node-role.kubernetes.io/* itself)."""
         assert self.client is not None
-        for node in self.nodes:
+        for node in nodes:
             role = "control-plane" if node.control_plane else "worker"
             self.client.merge_patch("Node", node.name, {"metadata": {"labels": {
                 f"node-role.kubernetes.io/{role}": ""}}})
@@ -621,7 +644,7 @@ class KubeCluster:
 
     def stop(self) -> None:
         """Stops everything that was started, in reverse order; safe to call twice."""
-        for node in reversed(self.nodes):
+        for node in reversed([*self.nodes, *self.spares]):
             with contextlib.suppress(Exception):
                 node.stop()
         for proc in reversed(self.procs):

@@ -10,11 +10,12 @@ from typing import Any, Optional, cast
 import pytest
 
 from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import Cluster, ResourceInfo, WatchExpiredError
-from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import RolloutError
+from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import ForbiddenError, RolloutError
 from ansible_collections.stackrox.prefetch.plugins.module_utils._rollout import (
     RAW_SUMMARY_LIMIT,
     RolloutWaiter,
     WatchState,
+    annotate_nodes,
     build_report,
     daemonset_progress,
     eligible_nodes,
@@ -22,6 +23,7 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._rollout import 
     metrics_path,
     metrics_summary,
     no_nodes_message,
+    node_not_ready,
     node_report,
     parse_metrics,
     parse_summary,
@@ -360,6 +362,7 @@ class TestBuildReport:
             "nodes_succeeded": 1,
             "nodes_failed": 1,
             "nodes_error": 0,
+            "nodes_gone": 0,
             "images_ok": 5,
             "images_failed": 1,
             "images_skipped": 2,
@@ -555,6 +558,8 @@ class ScriptedCluster:
     def list_objects(
         self, info: ResourceInfo, namespace: Optional[str] = None, label_selector: Optional[str] = None
     ) -> tuple[list[dict[str, Any]], str]:
+        if info.plural == "nodes" and "nodes" not in self.lists:
+            raise ForbiddenError("nodes is forbidden")  # as for a user who may not list Nodes
         with self.lock:
             self.list_calls[info.plural] = self.list_calls.get(info.plural, 0) + 1
             later = self.relists.get(info.plural) or []
@@ -763,3 +768,97 @@ def test_waiter_fails_at_once_when_the_agent_cannot_start() -> None:
     statuses = {node["node"]: node["status"] for node in raised.value.result["nodes"]}
     assert statuses == {"n1": "pulling", "n2": "error", "n3": "error"}
     assert raised.value.result["totals"]["nodes_error"] == 2
+
+
+# --- nodes deleted, not Ready or cordoned during the rollout -------------------------------------------------------
+
+
+def node_obj(name: str, ready: Optional[str] = "True", unschedulable: bool = False) -> dict[str, Any]:
+    conditions = [] if ready is None else [{
+        "type": "Ready", "status": ready, "reason": "KubeletReady" if ready == "True" else "NodeStatusUnknown",
+        "message": "Kubelet stopped posting node status." if ready != "True" else "kubelet is posting ready status",
+        "lastTransitionTime": "2026-11-24T10:03:00Z"}]
+    return {"metadata": {"name": name, "labels": {}}, "spec": {"unschedulable": True} if unschedulable else {},
+            "status": {"conditions": conditions}}
+
+
+class TestNodeStates:
+    def test_not_ready_says_why_and_since_when(self) -> None:
+        text = node_not_ready(node_obj("n1", ready="Unknown"))
+        assert text is not None
+        assert "since 2026-11-24T10:03:00Z" in text and "NodeStatusUnknown: Kubelet stopped posting" in text
+
+    def test_ready_or_not_yet_reported_is_none(self) -> None:
+        assert node_not_ready(node_obj("n1")) is None
+        assert node_not_ready(node_obj("n1", ready=None)) is None
+
+    def test_without_nodes_the_report_is_unchanged(self) -> None:
+        reports = [node_report("n1", done_pod("a", "n1"))]
+        assert annotate_nodes(reports, None, {"n1", "n2"}) == reports
+        assert "node_state" not in reports[0]
+
+    def test_states_of_ready_cordoned_and_not_ready_nodes(self) -> None:
+        reports = [node_report("n1", done_pod("a", "n1")), node_report("n2", pod("b", "n2", {"running": {}})),
+                   node_report("n3", done_pod("c", "n3"))]
+        nodes = {"n1": node_obj("n1"), "n2": node_obj("n2", ready="Unknown"), "n3": node_obj("n3", unschedulable=True)}
+        by_node = {r["node"]: r for r in annotate_nodes(reports, nodes, set())}
+        assert by_node["n1"]["node_state"] == "ready"
+        assert by_node["n2"]["node_state"] == "not_ready" and by_node["n2"]["status"] == "pulling"
+        assert by_node["n2"]["message"].startswith("node not Ready since") and "pulling" in by_node["n2"]["message"]
+        assert by_node["n3"]["node_state"] == "cordoned" and by_node["n3"]["status"] == "succeeded"
+
+    def test_a_deleted_node_is_gone_unless_it_had_reported(self) -> None:
+        reports = [node_report("n1", done_pod("a", "n1")), node_report("n2", pod("b", "n2", {"running": {}}))]
+        by_node = {r["node"]: r for r in annotate_nodes(reports, {}, {"n1", "n2", "n3"})}
+        assert by_node["n1"]["status"] == "succeeded" and by_node["n1"]["node_state"] == "deleted"
+        assert by_node["n2"]["status"] == "gone" and "deleted during the rollout (it was pulling" in by_node["n2"][
+            "message"]
+        # n3's pod is gone too (garbage-collected with its node): still reported, from the nodes seen before.
+        assert by_node["n3"]["status"] == "gone" and by_node["n3"]["pod"] is None
+
+    def test_pods_of_deleted_nodes_are_not_waited_for(self) -> None:
+        pods = [done_pod("a", "n1"), pod("b", "n2", {"running": {}})]
+        assert not rollout_complete(daemonset(), pods).done
+        assert not rollout_complete(daemonset(), pods, {"n1": node_obj("n1"), "n2": node_obj("n2")}).done
+        assert rollout_complete(daemonset(desired=1, updated=1, available=1), pods, {"n1": node_obj("n1")}).done
+
+    def test_totals_count_gone_nodes(self) -> None:
+        report = build_report(daemonset(desired=1, updated=1, available=1), [done_pod("a", "n1")], None,
+                              {"n1": node_obj("n1")}, {"n1", "n2"})
+        assert report["totals"]["nodes_gone"] == 1 and report["totals"]["nodes"] == 2
+
+    def test_timeout_message_names_nodes_not_ready_and_deleted(self) -> None:
+        reports = annotate_nodes([node_report("n1", pod("a", "n1", {"running": {}}))],
+                                 {"n1": node_obj("n1", ready="Unknown")}, {"n1", "n9"})
+        message = timeout_message("DaemonSet p/i", 60, daemonset_progress(daemonset(available=1)), reports, [])
+        assert "node not Ready: n1 (node not Ready since" in message
+        assert "deleted during the rollout: n9" in message
+        assert "still pulling" not in message
+
+
+def test_waiter_ends_when_a_node_is_deleted_mid_rollout() -> None:
+    start = daemonset(available=1, updated=2)
+    running = pod("b", "n2", {"running": {}})
+    cluster = ScriptedCluster(
+        lists={"daemonsets": [start], "pods": [done_pod("a", "n1"), running],
+               "nodes": [node_obj("n1"), node_obj("n2")]},
+        watches={
+            "nodes": [[with_version("DELETED", node_obj("n2"), "11")]],
+            "daemonsets": [[], [with_version("MODIFIED", daemonset(desired=1, updated=1, available=1), "12")]],
+        },
+    )
+    waiter = RolloutWaiter(as_cluster(cluster), "imgs", "prefetch", timeout=30)
+    state = waiter.wait(start)
+    report = waiter.report(state)
+    by_node = {r["node"]: r for r in report["nodes"]}
+    assert by_node["n2"]["status"] == "gone" and by_node["n2"]["node_state"] == "deleted"
+    assert by_node["n1"]["status"] == "succeeded"
+
+
+def test_waiter_without_node_access_still_completes() -> None:
+    cluster = ScriptedCluster(lists={"daemonsets": [daemonset()], "pods": [done_pod("a", "n1"), done_pod("b", "n2")]},
+                              watches={})
+    waiter = RolloutWaiter(as_cluster(cluster), "imgs", "prefetch", timeout=30)
+    state = waiter.wait(daemonset())
+    assert state.nodes is None
+    assert all("node_state" not in r for r in waiter.report(state)["nodes"])
