@@ -55,6 +55,17 @@ if [ ! -x .venv-ansible216/bin/ansible-test ]; then
   .venv-ansible216/bin/pip install -q --disable-pip-version-check 'ansible-core>=2.16,<2.17' kubernetes </dev/null
 fi
 
+# --- checkov, for the security checks of the renders (tests/security): its own venv, since its pins
+# (python-dateutil<3 through botocore, an old packaging) conflict with .venv's kubernetes client and pytest ----
+checkov_stamp=.venv-checkov/.bootstrap-stamp
+checkov_want=$(sha256sum requirements/checkov.txt | cut -c1-16)
+if [ "$(cat "$checkov_stamp" 2>/dev/null)" != "$checkov_want" ]; then
+  log "creating .venv-checkov (pip install -r requirements/checkov.txt)"
+  [ -x .venv-checkov/bin/python ] || "$PY" -m venv .venv-checkov
+  .venv-checkov/bin/pip install -q --disable-pip-version-check -r requirements/checkov.txt </dev/null
+  echo "$checkov_want" >"$checkov_stamp"
+fi
+
 # --- ansible-test offline: its get-pip download is unreachable here; stand in with ensurepip --------
 # 24_2: ansible-test 2.19; 23_1_2: ansible-test 2.16.
 for v in 24_2 23_1_2; do

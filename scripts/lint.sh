@@ -38,7 +38,7 @@ mypy_run() {  # mypy_run NAME MYPYPATH PATH...
   MYPYPATH=$path run "mypy $name" "$venv/mypy" --explicit-package-bases --no-error-summary "$@"
 }
 [ -d agent/src/image_prefetcher ] && mypy_run agent agent/src agent/src/image_prefetcher
-for d in tests/infra tests/simcluster tests/e2e tests/agent_image tests/simcluster_tests; do
+for d in tests/infra tests/simcluster tests/e2e tests/agent_image tests/simcluster_tests tests/security; do
   [ -d "$d" ] && mypy_run "$d" tests "$d"
 done
 # The agent's tests import their own helpers (casedata, fakecri, conftest fixtures) from their directory.

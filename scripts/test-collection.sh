@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tests of the Ansible collection stackrox.prefetch, each step printed with its result and time:
-#   build tree → ansible-test sanity → ansible-test units → ansible-lint (production profile) → tarball build and
+#   build tree → ansible-test sanity → ansible-test units → checkov over every render (tests/security, allow-list
+#   tests/security/checkov-allow.yml) → ansible-lint (production profile) → tarball build and
 #   content check → offline install into a temp path → ansible-doc of every module and the role → role/module
 #   option cross-check → the playbook from the INSTALLED collection: check mode against a closed port (must fail
 #   cleanly, per host, without a traceback or a credential in the output), state=rendered (writes a manifest).
@@ -99,6 +100,13 @@ units() {
   timeout 900 ansible-test units --venv --python 3.11 --color no
 }
 needs units build-tree && step units units
+
+# Security checks of every render: checkov (its own venv, .venv-checkov) over each flavor with and without metrics
+# and a pull secret; a failed check must be in the allow-list with its reason, and every entry must still match.
+security() {
+  timeout 900 "$venv/python" -m pytest -p no:cacheprovider -q -s tests/security
+}
+step security security
 
 lint() {
   cd "$collection" || return 1

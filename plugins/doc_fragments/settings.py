@@ -54,7 +54,9 @@ options:
       - A Go pseudo-version such as C(v0.4.2-0.20251126115717-559dd9fd402f) becomes the tag C(sha-559dd9f), as in
         the Go tool. Unlike the Go tool no C(-distro) suffix is ever added, since the one agent image carries libc
         and CA certificates (what credential provider plugins need).
-      - A digest C(sha256:<64 hex>) pins the image as C(<image>@sha256:...).
+      - A digest C(sha256:<64 hex>) pins the image as C(<image>@sha256:...), and C(<tag>@sha256:<64 hex>) as
+        C(<image>:<tag>@sha256:...) (the runtime pulls by the digest; the tag only stays readable). Pinning by digest
+        is recommended, since a tag can be moved to other content in the registry and a digest cannot.
     type: str
     default: 0.1.0
   images:
@@ -198,4 +200,19 @@ options:
         every pod at once, so a changed image list is pulled everywhere at the same time.
     type: raw
     default: 100%
+  network_policy:
+    description:
+      - Render the NetworkPolicy C(<name>), which admits no ingress traffic to the DaemonSet's pods (they only
+        connect out), and with O(collect_metrics=true) the NetworkPolicy C(<name>-metrics), which admits gRPC
+        (port 8443) to the aggregator only from this instance's agents and HTTP (port 8080) from anywhere (the API
+        server's service proxy, kubelet probes and a C(LoadBalancer) have no pod label to select). Egress is not
+        restricted.
+      - They take effect only where the cluster's network plugin enforces NetworkPolicies; elsewhere they are
+        inert. Set V(false) where NetworkPolicies are managed otherwise (for example by a cluster-wide policy
+        engine); M(stackrox.prefetch.apply) then deletes those of an earlier run.
+      - Applying them needs permission to manage C(networkpolicies) (API group C(networking.k8s.io)) in O(namespace),
+        which the built-in C(admin) and C(edit) roles grant; M(stackrox.prefetch.apply) lists them in any case, to
+        find the instance's objects.
+    type: bool
+    default: true
 """

@@ -51,6 +51,8 @@ INSTANCE_KINDS: list[tuple[str, str]] = [
     ("rbac.authorization.k8s.io/v1", "Role"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"),
     ("v1", "ConfigMap"),
+    # Before the workloads, so no pod it selects ever runs unprotected; deleted after them.
+    ("networking.k8s.io/v1", "NetworkPolicy"),
     ("v1", "Service"),
     ("apps/v1", "Deployment"),
     ("apps/v1", "DaemonSet"),

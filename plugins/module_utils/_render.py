@@ -4,7 +4,8 @@
 
 The objects carry the same meaning as upstream's generator (BEHAVIOR.md §8) plus the deliberate
 differences listed in docs/manifests.md. Object order is apply order: RBAC, the image list, the
-metrics aggregator, then the DaemonSet that uses them all.
+network policies (in place before any pod they select starts), the metrics aggregator, then the
+DaemonSet that uses them all.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ GKE_CONFIG_FILE = "cri_auth_config.yaml"
 METRICS_GRPC_PORT = 8443
 METRICS_HTTP_PORT = 8080
 NOBODY = 65534
+# Where client-go (and the agent's incluster.py) looks for the pod's service-account credentials.
+SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_VOLUME = "service-account-token"
+# One hour, the API server's default; the kubelet renews the token at 80% and the agent re-reads it per request.
+TOKEN_EXPIRATION_SECONDS = 3600
 
 # Lint hints upstream puts on its DaemonSet; kept so kube-linter users see the same result.
 KUBE_LINTER_ANNOTATIONS = {
@@ -56,7 +62,7 @@ KUBE_LINTER_ANNOTATIONS = {
 }
 
 # Settings that reach no pod: changing them must not re-run the pulls on every node.
-_UNHASHED_SETTINGS = ("images", "metrics_service_type", "max_unavailable")
+_UNHASHED_SETTINGS = ("images", "metrics_service_type", "max_unavailable", "network_policy")
 
 
 def common_labels(settings: Settings) -> dict[str, str]:
@@ -213,12 +219,17 @@ def _hardened(extra: Obj) -> Obj:
     }
 
 
+# The one container that runs as root opts out of the pod's non-root default explicitly.
+_ROOT = {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0}
+
+
 def _prefetch_security_context(settings: Settings) -> Obj:
-    """Root, since the CRI socket is root-owned; privileged only on OpenShift, whose SELinux policy needs it."""
+    """Root, since the CRI socket is root-owned (0660 root:root); privileged only on OpenShift, whose SELinux policy
+    needs it. Without capabilities root reaches the socket through its owner bits only, nothing else of the host."""
     flavor = settings.flavor_spec
     if flavor.openshift:
-        return {"readOnlyRootFilesystem": True, "runAsUser": 0, "allowPrivilegeEscalation": True, "privileged": True}
-    extra: Obj = {"runAsUser": 0}
+        return {"readOnlyRootFilesystem": True, **_ROOT, "allowPrivilegeEscalation": True, "privileged": True}
+    extra: Obj = dict(_ROOT)
     if flavor.selinux_spc:
         extra["seLinuxOptions"] = {"type": "spc_t"}
     return _hardened(extra)
@@ -235,7 +246,70 @@ def _aggregator_security_context(settings: Settings) -> Obj:
     return _non_root_security_context()
 
 
+def _pod_security_context(fixed_uid: bool = True) -> Obj:
+    """The pod's defaults for every container: non-root and the runtime's seccomp profile.
+
+    Containers repeat what they need, so a container added later starts from these; the prefetch container
+    overrides them with root (``_ROOT``), which the CRI socket needs.
+    """
+    context: Obj = {"runAsNonRoot": True}
+    if fixed_uid:
+        context.update({"runAsUser": NOBODY, "runAsGroup": NOBODY})
+    context["seccompProfile"] = {"type": "RuntimeDefault"}
+    return context
+
+
+# --- Network policies -------------------------------------------------------------------------------------------------
+
+
+def agent_pod_labels(settings: Settings) -> dict[str, str]:
+    """The labels of the DaemonSet's pods: upstream's selector plus the instance labels."""
+    return {"app": settings.name, **common_labels(settings)}
+
+
+def aggregator_pod_labels(settings: Settings) -> dict[str, str]:
+    return {"app": metrics_name(settings), **common_labels(settings)}
+
+
+def _network_policy(settings: Settings, name: str, pod_labels: dict[str, str], ingress: list[Obj]) -> Obj:
+    # Ingress only: the agents must reach registries, the API server and the aggregator, whatever the cluster
+    # allows. Selecting by every pod label keeps other pods that happen to share `app: <name>` out of it.
+    spec: Obj = {"podSelector": {"matchLabels": dict(pod_labels)}, "policyTypes": ["Ingress"]}
+    if ingress:
+        spec["ingress"] = ingress
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(settings, name),
+        "spec": spec,
+    }
+
+
+def _agent_network_policy(settings: Settings) -> Obj:
+    """No ingress at all to the agent pods: they only make outgoing connections."""
+    return _network_policy(settings, settings.name, agent_pod_labels(settings), [])
+
+
+def _aggregator_network_policy(settings: Settings) -> Obj:
+    """gRPC submissions only from this instance's agents; HTTP (/metrics, /healthz) from anywhere.
+
+    HTTP is read through the API server's service proxy (the rollout module), by kubelet probes and, with a
+    LoadBalancer, from outside: none of them has a pod label or an address known here to select.
+    """
+    grpc = {
+        "from": [{"podSelector": {"matchLabels": agent_pod_labels(settings)}}],
+        "ports": [{"protocol": "TCP", "port": METRICS_GRPC_PORT}],
+    }
+    http = {"ports": [{"protocol": "TCP", "port": METRICS_HTTP_PORT}]}
+    return _network_policy(settings, metrics_name(settings), aggregator_pod_labels(settings), [grpc, http])
+
+
 # --- Metrics aggregator -----------------------------------------------------------------------------------------------
+
+
+def _health_probe(**timing: int) -> Obj:
+    # /healthz is answered only once the gRPC server has started too (aggregator.serve starts it first).
+    return {"httpGet": {"path": "/healthz", "port": "http"}, **timing}
 
 
 def _metrics_deployment(settings: Settings) -> Obj:
@@ -249,6 +323,10 @@ def _metrics_deployment(settings: Settings) -> Obj:
             {"containerPort": METRICS_HTTP_PORT, "name": "http"},
         ],
         "resources": settings.resources["aggregator"],
+        # Ready only once it listens, so the Service sends no agent to it before; a wedged one is restarted.
+        # A restart loses the records it holds in memory, hence the generous timeout against false alarms.
+        "readinessProbe": _health_probe(periodSeconds=5),
+        "livenessProbe": _health_probe(periodSeconds=10, timeoutSeconds=5, failureThreshold=3),
         "securityContext": _aggregator_security_context(settings),
     }
     return {
@@ -258,8 +336,12 @@ def _metrics_deployment(settings: Settings) -> Obj:
         "spec": {
             "selector": {"matchLabels": dict(selector)},
             "template": {
-                "metadata": {"labels": {**selector, **common_labels(settings)}},
-                "spec": {"automountServiceAccountToken": False, "containers": [container]},
+                "metadata": {"labels": aggregator_pod_labels(settings)},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": _pod_security_context(fixed_uid=not settings.flavor_spec.openshift),
+                    "containers": [container],
+                },
             },
         },
     }
@@ -315,6 +397,7 @@ def _prefetch_mounts(settings: Settings) -> list[Obj]:
     mounts: list[Obj] = [
         {"name": "cri-socket-dir", "mountPath": CRI_MOUNT, "readOnly": True},
         {"name": "image-list", "mountPath": IMAGE_LIST_MOUNT, "readOnly": True},
+        {"name": TOKEN_VOLUME, "mountPath": SERVICE_ACCOUNT_MOUNT, "readOnly": True},
     ]
     if settings.secret:
         mounts.append({"mountPath": PULL_SECRET_MOUNT, "name": "pull-secret", "readOnly": True})
@@ -324,10 +407,30 @@ def _prefetch_mounts(settings: Settings) -> list[Obj]:
     return mounts
 
 
+def _token_volume() -> Obj:
+    """What the kubelet would mount into every container of the pod, for the prefetch container alone.
+
+    The agent labels its node with the token; the `sleep` container, which runs for the pod's whole life, needs
+    none, so the pod turns the automatic mount off and this projects the same three files (token, CA, namespace).
+    """
+    namespace_field = {"apiVersion": "v1", "fieldPath": "metadata.namespace"}
+    return {
+        "name": TOKEN_VOLUME,
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": TOKEN_EXPIRATION_SECONDS}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": namespace_field}]}},
+            ]
+        },
+    }
+
+
 def _volumes(settings: Settings) -> list[Obj]:
     volumes: list[Obj] = [
         {"name": "cri-socket-dir", "hostPath": {"path": posixpath.dirname(settings.cri_socket)}},
         {"name": "image-list", "configMap": {"name": settings.name}},
+        _token_volume(),
     ]
     if settings.secret:
         volumes.append({"name": "pull-secret", "secret": {"secretName": settings.secret}})
@@ -373,7 +476,12 @@ def _pod_annotations(settings: Settings) -> dict[str, str]:
 
 
 def _pod_spec(settings: Settings) -> Obj:
-    spec: Obj = {"serviceAccountName": settings.name, "tolerations": [dict(item) for item in settings.tolerations]}
+    spec: Obj = {
+        "serviceAccountName": settings.name,
+        "automountServiceAccountToken": False,  # the prefetch container alone mounts it (_token_volume)
+        "securityContext": _pod_security_context(),
+        "tolerations": [dict(item) for item in settings.tolerations],
+    }
     if settings.node_selector:
         spec["nodeSelector"] = dict(settings.node_selector)
     if settings.priority_class_name:
@@ -398,7 +506,7 @@ def _daemon_set(settings: Settings) -> Obj:
             },
             "template": {
                 "metadata": {
-                    "labels": {**selector, **common_labels(settings)},
+                    "labels": agent_pod_labels(settings),
                     "annotations": _pod_annotations(settings),
                 },
                 "spec": _pod_spec(settings),
@@ -413,6 +521,10 @@ def render(settings: Settings) -> list[Obj]:
     if settings.flavor_spec.openshift:
         objects += [_scc_role(settings), _scc_role_binding(settings)]
     objects.append(_config_map(settings))
+    if settings.network_policy:
+        objects.append(_agent_network_policy(settings))
+        if settings.collect_metrics:
+            objects.append(_aggregator_network_policy(settings))
     if settings.collect_metrics:
         objects += [_metrics_deployment(settings), _metrics_service(settings)]
     objects.append(_daemon_set(settings))

@@ -108,6 +108,7 @@ SETTINGS_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
     "max_pull_attempt_delay": {"type": "str"},
     "agent_debug": {"type": "bool", "default": False},
     "max_unavailable": {"type": "raw", "default": "100%"},
+    "network_policy": {"type": "bool", "default": True},
 }
 
 
@@ -135,6 +136,7 @@ class Settings:
     durations: dict[str, str]
     agent_debug: bool
     max_unavailable: t.Union[int, str]
+    network_policy: bool
 
     @property
     def flavor_spec(self) -> Flavor:
@@ -330,17 +332,24 @@ def image_tag(version: str) -> str:
 
 
 def agent_image(repository: str, version: str) -> str:
-    """The full agent image reference: `<repository>:<tag>`, or `<repository>@sha256:...` for a digest."""
+    """The full agent image reference from `image` and `version`.
+
+    `version` is a tag (`<repository>:<tag>`), a digest (`<repository>@sha256:...`) or both, `<tag>@sha256:...`
+    (`<repository>:<tag>@sha256:...`: the runtime pulls by the digest, the tag stays readable).
+    """
     if not _REPOSITORY.fullmatch(repository):
         raise ValidationError(
             f"image {repository!r} must be an image repository without tag or digest (set those with version)"
         )
     if _DIGEST.fullmatch(version):
         return f"{repository}@{version}"
-    tag = image_tag(version)
+    version_tag, at, digest = version.partition("@")
+    if at and not _DIGEST.fullmatch(digest):
+        raise ValidationError(f"version {version!r}: {digest!r} after '@' is not a sha256: digest (64 hex digits)")
+    tag = image_tag(version_tag)
     if not _TAG.fullmatch(tag):
         raise ValidationError(f"version {version!r} is not a valid image tag (nor a sha256: digest)")
-    return f"{repository}:{tag}"
+    return f"{repository}:{tag}{at}{digest}"
 
 
 # --- Kubernetes values ----------------------------------------------------------------------------------------------
@@ -633,4 +642,5 @@ def validate_settings(
         durations=_durations(values),
         agent_debug=bool(values["agent_debug"]),
         max_unavailable=max_unavailable(values["max_unavailable"]),
+        network_policy=bool(values["network_policy"]),
     )

@@ -98,6 +98,9 @@ options:
     default: 120
 notes:
   - Secrets are never applied by this module and their content never appears in results or diffs.
+  - The kinds it looks for, to prune and to remove an instance, are ServiceAccount, ConfigMap, NetworkPolicy
+    (C(networking.k8s.io/v1)), Service, Deployment, DaemonSet, Role and RoleBinding in the namespace, and ClusterRole
+    and ClusterRoleBinding; the user needs to list them, and to apply and delete those it manages.
 seealso:
   - module: stackrox.prefetch.manifest
   - module: stackrox.prefetch.rollout

@@ -11,8 +11,8 @@ short_description: Render the Kubernetes objects of an image prefetch instance
 version_added: 0.1.0
 description:
   - Renders every Kubernetes object of one prefetch instance (ServiceAccount, node-labelling RBAC, image-list
-    ConfigMap, DaemonSet, and per flavor and option the OpenShift SCC Role/RoleBinding and the metrics
-    aggregator) and returns them as a list and as a multi-document YAML string.
+    ConfigMap, NetworkPolicies, DaemonSet, and per flavor and option the OpenShift SCC Role/RoleBinding and the
+    metrics aggregator) and returns them as a list and as a multi-document YAML string.
   - Never contacts a cluster. Apply the result with M(stackrox.prefetch.apply), or write it with O(dest) for
     C(kubectl apply -f) or GitOps.
   - The objects mean the same as those of the Go tool's C(deploy) generator for the same settings, apart from the
@@ -20,8 +20,9 @@ description:
     (this project's), the image-list ConfigMap (rendered here, the Go tool leaves it to the user), the
     C(app.kubernetes.io/*) labels on every object, the pod annotation C(prefetch.stackrox.io/config-hash) (a changed
     image list or setting replaces the pods, so the nodes pull again), a C(ClusterIP) metrics Service unless asked
-    otherwise, per-instance SCC Role/RoleBinding names, hardened security contexts and a C(RollingUpdate) strategy
-    with O(max_unavailable).
+    otherwise, per-instance SCC Role/RoleBinding names, hardened pod and container security contexts, the
+    service-account token mounted into the prefetch init container only, NetworkPolicies (O(network_policy)),
+    health probes on the metrics aggregator and a C(RollingUpdate) strategy with O(max_unavailable).
 author:
   - stackrox.prefetch contributors (@stackrox)
 requirements:

@@ -11,6 +11,7 @@ from typing import Any, Optional, cast
 import pytest
 
 from ansible_collections.stackrox.prefetch.plugins.module_utils._apply import (
+    INSTANCE_KINDS,
     PSA_ENFORCE,
     REDACTED,
     Applier,
@@ -37,6 +38,8 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
     NotFoundError,
     ValidationError,
 )
+from ansible_collections.stackrox.prefetch.plugins.module_utils._render import render
+from ansible_collections.stackrox.prefetch.plugins.module_utils._settings import validate_settings
 
 LABELS = {
     "app.kubernetes.io/name": "image-prefetcher",
@@ -176,6 +179,26 @@ def test_apply_order_puts_rbac_and_config_before_workloads() -> None:
     assert [obj["kind"] for obj, _info in ordered] == ["ServiceAccount", "ClusterRole", "ConfigMap", "DaemonSet"]
 
 
+def real_render(**overrides: Any) -> list[dict[str, Any]]:
+    params = {"name": "imgs", "namespace": "prefetch", "images": ["r/a:v1"], **overrides}
+    return render(validate_settings(params))
+
+
+def test_every_rendered_kind_is_an_instance_kind() -> None:
+    # Pruning and state=absent search only INSTANCE_KINDS: a rendered kind missing there would be left behind.
+    kinds = {(obj["apiVersion"], obj["kind"]) for obj in real_render(flavor="ocp", collect_metrics=True)}
+    assert kinds <= set(INSTANCE_KINDS)
+    assert kinds == set(INSTANCE_KINDS)  # and nothing is searched that the render never makes
+
+
+def test_network_policies_are_applied_before_the_workloads() -> None:
+    objects = real_render(collect_metrics=True)
+    pairs = [(obj, ResourceInfo(obj["apiVersion"], obj["kind"], obj["kind"].lower() + "s", True)) for obj in objects]
+    kinds = [obj["kind"] for obj, _info in apply_order(list(reversed(pairs)))]
+    first_workload = min(kinds.index("Deployment"), kinds.index("DaemonSet"))
+    assert max(index for index, kind in enumerate(kinds) if kind == "NetworkPolicy") < first_workload
+
+
 # --- Pod Security, secrets, namespace -------------------------------------------------------------------------------
 
 
@@ -311,6 +334,9 @@ SERVED = {
     ("v1", "Node"): ResourceInfo("v1", "Node", "nodes", False),
     ("apps/v1", "DaemonSet"): ResourceInfo("apps/v1", "DaemonSet", "daemonsets", True),
     ("apps/v1", "Deployment"): ResourceInfo("apps/v1", "Deployment", "deployments", True),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ResourceInfo(
+        "networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", True
+    ),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): ResourceInfo(
         "rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False
     ),
@@ -763,6 +789,34 @@ class TestPrune:
         ]
         removed = [diff for diff in run.diffs if diff["before_header"] == "Service prefetch/imgs-metrics"]
         assert removed and removed[0]["after"] == {} and removed[0]["before"]["spec"] == {"type": "ClusterIP"}
+
+    def test_network_policies_follow_the_settings(self) -> None:
+        server = prepared_server()
+        applier(server).present(real_render(collect_metrics=True), INSTANCE, create_namespace=False)
+        policies = {key[2] for key in server.store if key[0] == "NetworkPolicy"}
+        assert policies == {"imgs", "imgs-metrics"}
+        server.writes.clear()
+        # Metrics off: the aggregator's policy goes with its Deployment and Service, the agents' stays.
+        applier(server).present(real_render(), INSTANCE, create_namespace=False)
+        assert sorted(write for write in server.writes if write[0] == "delete") == [
+            ("delete", "Deployment", "imgs-metrics"),
+            ("delete", "NetworkPolicy", "imgs-metrics"),
+            ("delete", "Service", "imgs-metrics"),
+        ]
+        server.writes.clear()
+        applier(server).present(real_render(network_policy=False), INSTANCE, create_namespace=False)
+        assert [write for write in server.writes if write[0] == "delete"] == [("delete", "NetworkPolicy", "imgs")]
+        assert not [key for key in server.store if key[0] == "NetworkPolicy"]
+
+    def test_absent_deletes_the_network_policies_after_the_workloads(self) -> None:
+        server = prepared_server()
+        applier(server).present(real_render(collect_metrics=True), INSTANCE, create_namespace=False)
+        server.writes.clear()
+        applier(server).absent(INSTANCE, [], remove_node_labels=False)
+        deleted = [write[1] for write in server.writes if write[0] == "delete"]
+        assert deleted.count("NetworkPolicy") == 2
+        assert deleted.index("NetworkPolicy") > max(deleted.index("DaemonSet"), deleted.index("Deployment"))
+        assert not [key for key in server.store if key[0] != "Namespace"]
 
     def test_cluster_rbac_of_another_namespace_is_not_pruned(self) -> None:
         server = two_namespace_server()

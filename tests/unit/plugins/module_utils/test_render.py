@@ -158,6 +158,7 @@ def test_vanilla_objects_in_apply_order() -> None:
         ("ClusterRole", "my-images-node-labeler"),
         ("ClusterRoleBinding", "my-images-node-labeler"),
         ("ConfigMap", "my-images"),
+        ("NetworkPolicy", "my-images"),
         ("DaemonSet", "my-images"),
     ]
 
@@ -170,10 +171,19 @@ def test_ocp_with_metrics_objects_in_apply_order() -> None:
         ("Role", "my-images-privileged-scc-use"),
         ("RoleBinding", "my-images-privileged-scc-use"),
         ("ConfigMap", "my-images"),
+        ("NetworkPolicy", "my-images"),
+        ("NetworkPolicy", "my-images-metrics"),
         ("Deployment", "my-images-metrics"),
         ("Service", "my-images-metrics"),
         ("DaemonSet", "my-images"),
     ]
+
+
+@pytest.mark.parametrize("collect_metrics", [False, True])
+def test_network_policy_false_renders_no_network_policy(collect_metrics: bool) -> None:
+    kinds = [obj["kind"] for obj in rendered(network_policy=False, collect_metrics=collect_metrics)]
+    assert "NetworkPolicy" not in kinds
+    assert config_hash(make_settings(network_policy=False)) == config_hash(make_settings())
 
 
 @pytest.mark.parametrize(
@@ -435,42 +445,119 @@ HARDENED = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 NON_ROOT = {**HARDENED, "runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534}
+# The prefetch container opts out of the pod's non-root default explicitly.
+ROOT = {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0}
+POD_NON_ROOT = {
+    "runAsNonRoot": True,
+    "runAsUser": 65534,
+    "runAsGroup": 65534,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 @pytest.mark.parametrize("flavor", ["vanilla", "k3s", "rke2", "microk8s"])
 def test_difference_hardened_security_contexts_on_containerd(flavor: str) -> None:
     objects = rendered(flavor=flavor, collect_metrics=True)
-    assert prefetch(objects)["securityContext"] == {**HARDENED, "runAsUser": 0}
+    assert prefetch(objects)["securityContext"] == {**HARDENED, **ROOT}
     assert pod_spec(objects)["containers"][0]["securityContext"] == NON_ROOT
-    aggregator = by_kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert aggregator["securityContext"] == NON_ROOT
+    assert pod_spec(objects)["securityContext"] == POD_NON_ROOT
+    aggregator_pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
+    assert aggregator_pod["containers"][0]["securityContext"] == NON_ROOT
+    assert aggregator_pod["securityContext"] == POD_NON_ROOT
 
 
 def test_difference_crio_is_not_privileged_but_spc_t() -> None:
     objects = rendered(flavor="crio")
-    assert prefetch(objects)["securityContext"] == {**HARDENED, "runAsUser": 0, "seLinuxOptions": {"type": "spc_t"}}
+    assert prefetch(objects)["securityContext"] == {**HARDENED, **ROOT, "seLinuxOptions": {"type": "spc_t"}}
     assert pod_spec(objects)["containers"][0]["securityContext"] == NON_ROOT
+    assert pod_spec(objects)["securityContext"] == POD_NON_ROOT
 
 
 def test_difference_ocp_prefetch_stays_privileged_and_others_are_hardened() -> None:
     objects = rendered(flavor="ocp", collect_metrics=True)
     assert prefetch(objects)["securityContext"] == {
         "readOnlyRootFilesystem": True,
-        "runAsUser": 0,
+        **ROOT,
         "allowPrivilegeEscalation": True,
         "privileged": True,
     }
     assert pod_spec(objects)["containers"][0]["securityContext"] == NON_ROOT
-    aggregator = by_kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    # The privileged SCC the DaemonSet's pods use allows the fixed UID (the sleep container has it too).
+    assert pod_spec(objects)["securityContext"] == POD_NON_ROOT
+    aggregator_pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
     # No fixed UID: OpenShift's restricted SCC assigns one from the namespace's range.
-    assert aggregator["securityContext"] == {**HARDENED, "runAsNonRoot": True}
+    assert aggregator_pod["containers"][0]["securityContext"] == {**HARDENED, "runAsNonRoot": True}
+    assert aggregator_pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def test_difference_aggregator_does_not_mount_a_token() -> None:
     deployment = by_kind(rendered(collect_metrics=True), "Deployment")
     assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
-    # The DaemonSet's pods need theirs: the agent labels its node.
-    assert "automountServiceAccountToken" not in pod_spec(rendered())
+    assert not deployment["spec"]["template"]["spec"].get("volumes")
+
+
+@pytest.mark.parametrize("flavor", ["vanilla", "ocp"])
+def test_difference_only_the_prefetch_container_mounts_a_token(flavor: str) -> None:
+    objects = rendered(flavor=flavor)
+    spec = pod_spec(objects)
+    assert spec["automountServiceAccountToken"] is False
+    mount = {
+        "name": "service-account-token",
+        "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+        "readOnly": True,
+    }
+    assert mount in prefetch(objects)["volumeMounts"]
+    assert "volumeMounts" not in spec["containers"][0]  # sleep runs for the pod's life: no token
+    volume = next(item for item in spec["volumes"] if item["name"] == "service-account-token")
+    # The files of the kubelet's automatic kube-api-access volume, where the agent's in-cluster config reads them.
+    assert volume["projected"]["sources"] == [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {
+            "downwardAPI": {
+                "items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]
+            }
+        },
+    ]
+
+
+AGENT_POD_LABELS = {"app": "my-images", **COMMON_LABELS}
+
+
+def test_difference_agent_pods_accept_no_ingress() -> None:
+    objects = rendered()
+    policy = by_kind(objects, "NetworkPolicy")
+    assert policy["metadata"]["name"] == "my-images"
+    assert policy["spec"] == {"podSelector": {"matchLabels": AGENT_POD_LABELS}, "policyTypes": ["Ingress"]}
+    # It selects exactly the DaemonSet's pods (all their labels, so no other pod with `app: my-images`).
+    assert by_kind(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"] == AGENT_POD_LABELS
+
+
+def test_difference_aggregator_accepts_grpc_from_the_agents_and_http_from_anywhere() -> None:
+    objects = rendered(collect_metrics=True)
+    policies = {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == "NetworkPolicy"}
+    assert sorted(policies) == ["my-images", "my-images-metrics"]
+    aggregator_labels = {"app": "my-images-metrics", **COMMON_LABELS}
+    assert by_kind(objects, "Deployment")["spec"]["template"]["metadata"]["labels"] == aggregator_labels
+    assert policies["my-images-metrics"]["spec"] == {
+        "podSelector": {"matchLabels": aggregator_labels},
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {
+                "from": [{"podSelector": {"matchLabels": AGENT_POD_LABELS}}],
+                "ports": [{"protocol": "TCP", "port": 8443}],
+            },
+            # The API server's service proxy, kubelet probes and LoadBalancer clients: no pod label to select.
+            {"ports": [{"protocol": "TCP", "port": 8080}]},
+        ],
+    }
+
+
+def test_difference_aggregator_has_health_probes() -> None:
+    container = by_kind(rendered(collect_metrics=True), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    health = {"httpGet": {"path": "/healthz", "port": "http"}}
+    assert container["readinessProbe"] == {**health, "periodSeconds": 5}
+    assert container["livenessProbe"] == {**health, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3}
 
 
 def test_difference_rolling_update_with_max_unavailable() -> None:

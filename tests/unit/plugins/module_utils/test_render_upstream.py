@@ -64,6 +64,8 @@ def strip_ours(objects: list[Obj]) -> list[Obj]:
     objects = copy.deepcopy(objects)
     # Difference: the image-list ConfigMap is ours (upstream leaves it to the user).
     objects = [obj for obj in objects if obj["kind"] != "ConfigMap"]
+    # Difference: the NetworkPolicies (no ingress to the agents; the aggregator's gRPC only from them).
+    objects = [obj for obj in objects if obj["kind"] != "NetworkPolicy"]
     for obj in objects:
         # Difference: the app.kubernetes.io labels on every object and pod template.
         for metadata in (obj["metadata"], obj.get("spec", {}).get("template", {}).get("metadata", {})):
@@ -75,12 +77,25 @@ def strip_ours(objects: list[Obj]) -> list[Obj]:
             # Difference: the config-hash annotation on the DaemonSet's pod template.
             metadata.get("annotations", {}).pop("prefetch.stackrox.io/config-hash", None)
             _drop_empty(metadata, "annotations")
+        pod = obj.get("spec", {}).get("template", {}).get("spec", {})
+        if pod:
+            # Difference (hardening): a pod-level security context (non-root, RuntimeDefault seccomp) as the
+            # default of every container; the containers' own contexts are compared below.
+            assert pod.pop("securityContext")["runAsNonRoot"] is True
         if obj["kind"] == "DaemonSet":
             # Difference: RollingUpdate with maxUnavailable 100% (upstream leaves the API default, 1 node).
             assert obj["spec"].pop("updateStrategy")["type"] == "RollingUpdate"
+            # Difference (hardening): the token is mounted into the prefetch container only, not into `sleep`.
+            assert pod.pop("automountServiceAccountToken") is False
+            pod["volumes"] = [volume for volume in pod["volumes"] if volume["name"] != "service-account-token"]
+            prefetch = pod["initContainers"][0]
+            prefetch["volumeMounts"] = [m for m in prefetch["volumeMounts"] if m["name"] != "service-account-token"]
         if obj["kind"] == "Deployment":
             # Difference (hardening): the aggregator needs no API token.
-            assert obj["spec"]["template"]["spec"].pop("automountServiceAccountToken") is False
+            assert pod.pop("automountServiceAccountToken") is False
+            # Difference: readiness and liveness probes on the aggregator's /healthz.
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert pod["containers"][0].pop(probe)["httpGet"]["path"] == "/healthz"
     return objects
 
 

@@ -105,6 +105,9 @@ def test_agent_image_forms() -> None:
     )
     digest = "sha256:" + "a" * 64
     assert agent_image("registry.example.com/a/b", digest) == f"registry.example.com/a/b@{digest}"
+    # A tag and a digest: pulled by the digest, the tag stays readable (pseudo-versions mapped as for a tag alone).
+    assert agent_image("registry.example.com/a/b", f"0.1.0@{digest}") == f"registry.example.com/a/b:0.1.0@{digest}"
+    assert agent_image("r/p", f"v0.4.2-0.20251126115717-559dd9fd402f@{digest}") == f"r/p:sha-559dd9f@{digest}"
 
 
 # --- Defaults --------------------------------------------------------------------------------------------------------
@@ -131,6 +134,7 @@ def test_defaults() -> None:
     assert result.durations == {}
     assert result.agent_debug is False
     assert result.max_unavailable == "100%"
+    assert result.network_policy is True
 
 
 def test_default_version_is_the_collections() -> None:
@@ -242,6 +246,9 @@ ERRORS: list[tuple[dict[str, t.Any], str]] = [
     ({"version": ""}, r"^version '' is not a valid image tag"),
     ({"version": "-bad"}, r"^version '-bad' is not a valid image tag"),
     ({"version": "a" * 129}, r"is not a valid image tag"),
+    ({"version": "0.1.0@sha256:abc"}, r"^version '0.1.0@sha256:abc': 'sha256:abc' after '@' is not a sha256: digest"),
+    ({"version": "0.1.0@"}, r"after '@' is not a sha256: digest"),
+    ({"version": "@sha256:" + "a" * 64}, r"is not a valid image tag"),
     ({"images": []}, r"^no images to prefetch: give images or images_file \(or set allow_empty: true\)$"),
     ({"images": None}, r"^no images to prefetch"),
     ({"images": ["ok", " "]}, r"^images\[1\] is empty$"),

@@ -47,6 +47,7 @@ def test_render_without_dest_changes_nothing() -> None:
         "ClusterRole",
         "ClusterRoleBinding",
         "ConfigMap",
+        "NetworkPolicy",
         "DaemonSet",
     ]
     assert list(yaml.safe_load_all(result["yaml"])) == result["objects"]
