@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .PHONY: help setup proto lint test test-agent test-collection test-integration test-e2e test-image demo bench image clean
 
 help:
-	@echo "make demo    - set up everything and prefetch images onto a local simulated 3-node cluster"
+	@echo "make demo    - set up everything and prefetch images onto a real local 3-node Kubernetes cluster"
 	@echo "make test    - set up everything and run every test (units, sanity, integration, e2e, image)"
 	@echo "make bench   - benchmarks (agent vs. baselines, image size)"
 	@echo "make proto   - regenerate the agent's protobuf code"

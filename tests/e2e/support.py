@@ -17,7 +17,7 @@ import yaml
 from infra._util import wait_until
 from infra.cri import CriClient
 from infra.images import push_test_image
-from simcluster.client import ApiClient, ApiError
+from kube.client import ApiClient, ApiError
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

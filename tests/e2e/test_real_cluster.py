@@ -75,8 +75,10 @@ def test_fields_taken_by_kubectl_edit_conflict_until_forced(cluster: Cluster, co
     forced = play(cluster, collections_path, workdir / "3", name, [image], images_force_conflicts=True)
     assert_ok(forced)
     assert "e2e/edit:v1" in configmap_images(cluster, name)
-    managers = [m["manager"] for m in cluster.raw_get(f"/api/v1/namespaces/{name}/configmaps/{name}")["metadata"][
-        "managedFields"] if "f:data" in json.dumps(m.get("fieldsV1", {}))]
+    configmap = cluster.raw_get(f"/api/v1/namespaces/{name}/configmaps/{name}")
+    assert configmap is not None
+    managers = [m["manager"] for m in configmap["metadata"]["managedFields"]
+                if "f:data" in json.dumps(m.get("fieldsV1", {}))]
     assert managers == ["stackrox.prefetch"], managers
 
     seq = cluster.request_seq()
@@ -121,6 +123,7 @@ def test_pod_security_message_matches_the_real_admission(cluster: Cluster, colle
     assert_ok(rendered)
     docs = [d for d in yaml.safe_load_all((workdir / "rendered.yaml").read_text()) if d]
     daemonset = next(d for d in docs if d["kind"] == "DaemonSet")
+    cluster.kubectl("-n", name, "create", "serviceaccount", name)  # the ServiceAccount admission wants it
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "psa-probe", "namespace": name},
            "spec": {**daemonset["spec"]["template"]["spec"], "nodeName": cluster.node_names[-1]}}
     real = cluster.kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(pod), check=False)

@@ -43,8 +43,8 @@ from infra.faultproxy import FaultProxy
 from infra.images import build_files_image, push_image
 from infra.registry import Registry
 from kube import netns
+from kube.client import ApiClient, ApiError
 from kube.pki import Pki, kubeconfig
-from simcluster.client import ApiClient, ApiError
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]

@@ -1,24 +1,19 @@
-"""A small stdlib HTTPS JSON client for the Kubernetes HTTP API (bearer token + CA), with watch streaming.
-
-The simulated controllers and kubelets are plain API clients, like the real ones; this client is what they use. It
-avoids the ``kubernetes`` package on purpose: importing it costs ~0.3 s and the components need only a few verbs.
-"""
+"""A small stdlib HTTPS JSON client for the Kubernetes API (bearer token + CA): the test harness's own set-up and
+the tests' checks, without the ``kubernetes`` package (whose import costs ~0.3 s) and independent of the modules
+under test."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import socket
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Iterator
 from typing import Any, Optional
 
 Obj = dict[str, Any]
 
-# kind → (api prefix, plural, namespaced): only what the simulated components touch.
+# kind → (api prefix, plural, namespaced): what the harness and the tests touch.
 RESOURCES: dict[str, tuple[str, str, bool]] = {
     "Pod": ("/api/v1", "pods", True),
     "Node": ("/api/v1", "nodes", False),
@@ -61,7 +56,7 @@ def resource_path(kind: str, namespace: Optional[str] = None, name: Optional[str
 class ApiClient:
     """``ApiClient("https://127.0.0.1:PORT", token, ca_path)``; one keep-alive connection per thread."""
 
-    def __init__(self, server: str, token: str, ca_path: str, user_agent: str = "simcluster") -> None:
+    def __init__(self, server: str, token: str, ca_path: str, user_agent: str = "prefetch-tests") -> None:
         parsed = urllib.parse.urlsplit(server)
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 443
@@ -146,68 +141,6 @@ class ApiClient:
         if uid:
             body["preconditions"] = {"uid": uid}
         return self.request("DELETE", resource_path(kind, namespace, name), body)
-
-    def token_request(self, namespace: str, service_account: str, pod: Obj, expiration_s: int = 3607,
-                      bound: bool = True) -> str:
-        spec: Obj = {"audiences": [], "expirationSeconds": expiration_s}
-        if bound:
-            spec["boundObjectRef"] = {"kind": "Pod", "apiVersion": "v1", "name": pod["metadata"]["name"],
-                                      "uid": pod["metadata"].get("uid", "")}
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
-        result = self.request("POST", resource_path("ServiceAccount", namespace, service_account, "token"), body)
-        return str(result["status"]["token"])
-
-    # ---- watch ------------------------------------------------------------------------------------
-    def watch(self, path: str, resource_version: str, query: Optional[dict[str, str]] = None,
-              stopper: Optional[WatchStopper] = None, timeout_seconds: int = 300) -> Iterator[Obj]:
-        """Yields watch events (``{"type": ..., "object": ...}``) until the server ends the stream.
-
-        ``stopper.stop()`` from another thread shuts the socket down, which ends the iteration promptly.
-        """
-        params = dict(query or {})
-        params.update({"watch": "1", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
-                       "timeoutSeconds": str(timeout_seconds)})
-        conn = self._connection(timeout=None)
-        if stopper is not None:
-            stopper.attach(conn)
-        try:
-            conn.request("GET", path + "?" + urllib.parse.urlencode(params), headers=self._headers(None))
-            response = conn.getresponse()
-            if response.status >= 300:
-                raise ApiError(response.status, _decode(response.read()), "WATCH", path)
-            while True:
-                line = response.readline()
-                if not line:
-                    return
-                if line.strip():
-                    yield json.loads(line)
-        except (OSError, http.client.HTTPException, ValueError):
-            if stopper is not None and stopper.stopped:
-                return
-            raise
-        finally:
-            conn.close()
-
-
-class WatchStopper:
-    """Lets another thread end a blocked watch by shutting its socket down."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-        self._conn: Optional[http.client.HTTPConnection] = None
-        self._lock = threading.Lock()
-
-    def attach(self, conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            self._conn = conn
-
-    def stop(self) -> None:
-        with self._lock:
-            self.stopped = True
-            conn = self._conn
-        if conn is not None and conn.sock is not None:
-            with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
 
 
 def _decode(raw: bytes) -> Any:
