@@ -3,8 +3,8 @@
 It sits between containerd (or any registry client) and a registry. Bodies are streamed, never buffered whole;
 ``Range`` requests and the ``?ns=`` query containerd appends pass through untouched. Rules are matched in order
 against every request (method + regex on the path without its query); the first rule still having ``times`` left
-decides what happens to that request. A second listener (``control_url``) lets other processes read and change the
-rules over HTTP (see ``ProxyClient``).
+(or a ``then`` action for after them) decides what happens to that request. A second listener (``control_url``)
+lets other processes read and change the rules over HTTP (see ``ProxyClient``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any, Optional
 
 ACTIONS = frozenset(
-    {"stall_accept", "stall_headers", "stall_mid_body", "close_mid_body", "close_no_body", "status", "slow"}
+    {"stall_accept", "stall_headers", "stall_mid_body", "close_mid_body", "close_no_body", "status", "slow", "hold"}
 )
 _READ_SIZE = 64 << 10
 _HEAD_LIMIT = 64 << 10
@@ -34,11 +34,16 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 class Rule:
     """One fault. ``path`` is a regex searched in the request path (query excluded); ``method`` None = any.
 
-    ``times``: the rule applies to its first N matching requests (None = always). ``stall_accept`` rules are
-    decided when a connection is accepted, before any request is read, so their ``method``/``path`` must stay
-    unset. ``after_bytes``: body bytes sent before ``stall_mid_body``/``close_mid_body`` strike (default: half of
-    the body, at most 256 KiB). ``status``/``body``/``headers``: the answer of a ``status`` rule.
-    ``bandwidth_bps``: the rate of a ``slow`` response, in bytes per second.
+    ``times``: the rule applies to its first N matching requests (None = always). ``then``: what the rule does to
+    every matching request after those N (None = it stops matching), e.g. ``Rule(path="/manifests/",
+    status=401, times=2, then="stall_headers")`` answers 401 twice, then stalls: with containerd's two host entries
+    one PullImage is refused and the next one hangs until its deadline, an order no timing can change.
+    ``stall_accept`` rules are decided when a connection is accepted, before any request is read, so their
+    ``method``/``path`` must stay unset (and they take no ``then``). ``hold``: the request waits, unanswered,
+    until ``release_stalls()`` and then goes upstream as usual (a gate: the test decides when it passes).
+    ``after_bytes``: body bytes sent before ``stall_mid_body``/``close_mid_body`` strike (default: half of the
+    body, at most 256 KiB). ``status``/``body``/``headers``: the answer of a ``status`` rule. ``bandwidth_bps``:
+    the rate of a ``slow`` response, in bytes per second.
     """
 
     path: str = ""
@@ -50,20 +55,31 @@ class Rule:
     headers: dict[str, str] = field(default_factory=dict)
     bandwidth_bps: Optional[int] = None
     after_bytes: Optional[int] = None
+    then: Optional[str] = None
     id: int = 0
     hits: int = 0
 
     def __post_init__(self) -> None:
-        if self.action not in ACTIONS:
-            raise ValueError(f"unknown action {self.action!r}; one of {sorted(ACTIONS)}")
-        if self.action == "slow" and not self.bandwidth_bps:
+        for action in (self.action, self.then):
+            if action is not None and action not in ACTIONS:
+                raise ValueError(f"unknown action {action!r}; one of {sorted(ACTIONS)}")
+        if "slow" in (self.action, self.then) and not self.bandwidth_bps:
             raise ValueError("a slow rule needs bandwidth_bps")
         if self.action == "stall_accept" and (self.path or self.method):
             raise ValueError("stall_accept is decided at accept time: leave path and method unset")
+        if self.then is not None and (self.times is None or "stall_accept" in (self.action, self.then)):
+            raise ValueError("then needs times, and neither action may be stall_accept")
         re.compile(self.path)
 
+    @property
+    def current_action(self) -> str:
+        """The action for the next matching request: ``action`` for the first ``times``, then ``then``."""
+        if self.then is not None and self.times is not None and self.hits >= self.times:
+            return self.then
+        return self.action
+
     def matches(self, method: str, path: str) -> bool:
-        if self.times is not None and self.hits >= self.times:
+        if self.times is not None and self.hits >= self.times and self.then is None:
             return False
         if self.method is not None and self.method.upper() != method.upper():
             return False
@@ -239,7 +255,8 @@ class FaultProxy:
             self.bandwidth_bps = bandwidth_bps
 
     def release_stalls(self) -> None:
-        """Ends every connection currently held by a stall rule (the rules themselves stay)."""
+        """Ends every connection currently held by a stall rule and lets every held (``hold``) request go on upstream;
+        the rules themselves stay."""
         loop = self._loop
         if loop is not None:
             asyncio.run_coroutine_threadsafe(self._release_now(), loop).result(timeout=10)
@@ -322,6 +339,11 @@ class FaultProxy:
             self._release.set()
         self._release = asyncio.Event()
 
+    async def _gate(self) -> None:
+        """Waits for release_stalls() (or stop()); the request itself is left alone, to be forwarded after."""
+        assert self._release is not None
+        await self._release.wait()
+
     async def _hold(self, reader: asyncio.StreamReader) -> None:
         """Keeps a connection open, answering nothing, until the client leaves, release_stalls() or stop()."""
         assert self._release is not None
@@ -339,13 +361,15 @@ class FaultProxy:
                 waiter.cancel()
 
     def _match(self, method: str, path: str, at_accept: bool) -> Optional[Rule]:
+        """A copy of the deciding rule, its ``action`` being the one that applies to this request."""
         with self._lock:
             for rule in self._rules:
                 if (rule.action == "stall_accept") != at_accept:
                     continue
                 if rule.matches(method, path):
+                    action = rule.current_action
                     rule.hits += 1
-                    return dataclasses.replace(rule)
+                    return dataclasses.replace(rule, action=action, then=None, times=None)
         return None
 
     def _record(self, record: RequestRecord) -> RequestRecord:
@@ -391,9 +415,12 @@ class FaultProxy:
             if rule is not None and rule.action == "stall_headers":
                 await self._hold(reader)
                 return False
+            if rule is not None and rule.action == "hold":
+                await self._gate()
+                rule = None  # released: on upstream as any other request
             if rule is not None and rule.action == "status":
                 await _copy_body(reader, None, _request_framing(head), None, None)
-                await self._answer_status(writer, rule, record)
+                await self._answer_status(writer, rule, record, send_body=method.upper() != "HEAD")
                 return not head.wants_close()
             return await self._forward(head, method, reader, writer, upstream, bucket, rule, record)
         except (ConnectionError, asyncio.IncompleteReadError, _ClientGone) as exc:
@@ -402,13 +429,19 @@ class FaultProxy:
         finally:
             record.ended = time.time()
 
-    async def _answer_status(self, writer: asyncio.StreamWriter, rule: Rule, record: RequestRecord) -> None:
+    async def _answer_status(
+        self, writer: asyncio.StreamWriter, rule: Rule, record: RequestRecord, send_body: bool = True
+    ) -> None:
+        """The rule's status answer; a HEAD answer has the body's headers but no body (else the bytes would be
+        read as the start of the next response on a kept-alive connection)."""
         body = (rule.body or json.dumps(
             {"errors": [{"code": "PROXY_INJECTED", "message": f"fault proxy answered {rule.status}"}]}
         )).encode()
         reason = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests"}.get(
             rule.status, "Injected")
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *rule.headers.items()]
+        if not send_body:
+            body = b""
         writer.write(_Head(f"HTTP/1.1 {rule.status} {reason}", headers).encode() + body)
         await writer.drain()
         record.status = rule.status

@@ -1,10 +1,11 @@
-"""Pull error classification (pure): what a failed PullImage means and what the engine does next."""
+"""Pull error classification (pure): what a failed PullImage means, what the engine does next, and which error an
+image that failed is reported with (`final_failure`)."""
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 # Go's codes.Code.String() names, so error strings read like upstream's `rpc error: code = NotFound desc = ...`.
@@ -72,9 +73,18 @@ class PullError:
         return classify(self.code, self.details)
 
     def short_reason(self) -> str:
-        """`<class>: <detail>` with the detail cut to 160 characters, for the result summary."""
-        detail = self.details if len(self.details) <= DETAIL_LIMIT else self.details[: DETAIL_LIMIT - 3] + "..."
-        return f"{self.error_class.value}: {detail}"
+        """`<class>: <detail>` with the detail cut to 160 characters (its middle goes), for the result summary."""
+        return f"{self.error_class.value}: {_shorten(self.details, DETAIL_LIMIT)}"
+
+
+def _shorten(text: str, limit: int) -> str:
+    """At most `limit` characters; a longer text loses its middle, because runtimes put the context first and the
+    cause last (`failed to pull and unpack image "x": ...: 401 Unauthorized`)."""
+    if len(text) <= limit:
+        return text
+    kept = limit - 3
+    head = kept // 3
+    return text[:head] + "..." + text[len(text) - (kept - head) :]
 
 
 def classify(code: str, details: str) -> ErrorClass:
@@ -115,3 +125,58 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One PullImage attempt of an image, as the reason rule (`final_failure`) sees it."""
+
+    error: PullError | None  # None: the attempt succeeded
+    # The attempt ran out of time only because the overall deadline had shortened its RPC deadline below the
+    # attempt timeout: its DeadlineExceeded says nothing about the registry.
+    cut_by_deadline: bool = False
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a failed image is reported with: the error that explains it, and a note when the deadline cut it."""
+
+    error: PullError
+    note: str = ""  # e.g. "the overall timeout ended attempt 11"
+
+    @property
+    def error_class(self) -> ErrorClass:
+        return self.error.error_class
+
+    def short_reason(self) -> str:
+        """`<class>: <detail> (<note>)`, the detail cut so that detail and note stay within 160 characters."""
+        if not self.note:
+            return self.error.short_reason()
+        suffix = f" ({self.note})"
+        return f"{self.error_class.value}: {_shorten(self.error.details, DETAIL_LIMIT - len(suffix))}{suffix}"
+
+    def go_string(self) -> str:
+        """Go's status error text plus the note (the log's final line and the cut attempt's metric)."""
+        return self.error.go_string() + (f" ({self.note})" if self.note else "")
+
+
+def cut_note(attempt_number: int) -> str:
+    return f"the overall timeout ended attempt {attempt_number}"
+
+
+def final_failure(history: Sequence[AttemptRecord]) -> Failure | None:
+    """The failure an image is reported with, from its attempts in order; None when it has no failed last attempt.
+
+    The last attempt's error, unless the overall deadline cut that attempt short: then the last error that the cut
+    did not cause (the ten `401 Unauthorized` before it, say), with the note that the overall timeout ended the
+    last attempt. Only when every attempt was cut is the image reported as the cut's own timeout.
+    """
+    if not history:
+        return None
+    last = history[-1]
+    if last.error is None:
+        return None
+    if not last.cut_by_deadline:
+        return Failure(last.error)
+    explaining = next((r.error for r in reversed(history) if r.error is not None and not r.cut_by_deadline), None)
+    return Failure(explaining or last.error, cut_note(len(history)))

@@ -6,9 +6,14 @@ Per image (BEHAVIOR.md §2.3, with the §10 quirks fixed):
   next one at once; with no credential at all there is one anonymous attempt stream;
 * each failed round sleeps a delay; attempt timeout and delay double up to their caps (`retry_schedule`);
 * the overall deadline is hard: every RPC deadline is min(attempt timeout, time left), a delay that would end past
-  the deadline is not slept (the image gives up at once), so pulls end by the deadline.
+  the deadline is not slept (the image gives up at once), so pulls end by the deadline;
+* the reason survives the deadline: an attempt that ran out of time only because the overall deadline cut its RPC
+  deadline does not replace the image's earlier real errors (`classify.final_failure`, DESIGN.md); the summary,
+  the final log line and that attempt's metric all name the last real error plus the cut.
 
 Seam for metrics (issue 5): `AttemptObserver`s are called once per PullImage attempt with a `PullAttempt`.
+Durations and deadlines are measured on the event loop's clock (time.monotonic on the default loop), so tests can
+run the engine on a virtual clock.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import grpc.aio
 
-from image_prefetcher.classify import Action, ErrorClass, PullError, decide, redact
+from image_prefetcher._proto import cri_pb2
+from image_prefetcher.classify import Action, AttemptRecord, ErrorClass, PullError, decide, final_failure, redact
 from image_prefetcher.credentials import CredentialSource
-from image_prefetcher.cri import CriClient, rpc_error
+from image_prefetcher.cri import rpc_error
 from image_prefetcher.keyring import Credential
 from image_prefetcher.logs import Logger, Seconds
 from image_prefetcher.retry import retry_schedule
@@ -57,9 +63,20 @@ class PullAttempt:
     error: str | None  # Go-form gRPC error text, None on success
     size_bytes: int  # ImageStatus size after a success, else 0
     credential_index: int  # authNum: position in the image's credential list
+    # When the overall deadline cut this attempt, `error` is the image's reason instead (the last real error plus
+    # "(the overall timeout ended attempt N)"), so the metrics tell the same story as the summary.
+    cut_by_deadline: bool = False
 
 
 AttemptObserver = Callable[[PullAttempt], None]
+
+
+class ImageService(Protocol):
+    """What the engine needs of the CRI client (`cri.CriClient`; the unit tests pass an in-process fake)."""
+
+    async def pull_image(self, image: str, credential: Credential | None, timeout: float) -> str: ...
+
+    async def image_status(self, image: str, timeout: float) -> cri_pb2.Image | None: ...
 
 
 @dataclass
@@ -69,26 +86,35 @@ class ImageResult:
     attempts: int = 0
     size_bytes: int = 0
     image_ref: str = ""
+    # A failure outside the attempts (internal error, CRI not answering, interruption); it wins over `history`.
     error: PullError | None = None
     ended_by_deadline: bool = False
+    history: list[AttemptRecord] = field(default_factory=list)  # every PullImage attempt, in order
 
     def reason(self) -> str:
         """Short `<class>: <detail>` for the summary (only meaningful for failed images)."""
         if self.error is not None:
             return self.error.short_reason()
+        failure = final_failure(self.history)
+        if failure is not None:
+            return failure.short_reason()
         if self.outcome == "pending":
             return "cancelled: the run was interrupted before this image finished"
         return "timeout: the overall timeout passed before the pull could start"
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 class Deadline:
     """An absolute point on the event loop's clock."""
 
     def __init__(self, seconds_from_now: float) -> None:
-        self.when = asyncio.get_running_loop().time() + seconds_from_now
+        self.when = _now() + seconds_from_now
 
     def remaining(self) -> float:
-        return self.when - asyncio.get_running_loop().time()
+        return self.when - _now()
 
 
 @dataclass
@@ -99,7 +125,7 @@ class _Success:
 
 @dataclass
 class PullEngine:
-    cri: CriClient | None  # None only when there is nothing to pull
+    cri: ImageService | None  # None only when there is nothing to pull
     settings: PullSettings
     credentials: CredentialSource
     log: Logger
@@ -108,7 +134,7 @@ class PullEngine:
     attempts: int = 0
 
     @property
-    def _client(self) -> CriClient:
+    def _client(self) -> ImageService:
         if self.cri is None:
             raise RuntimeError("pulling images needs a CRI client")
         return self.cri
@@ -179,9 +205,7 @@ class PullEngine:
             outcome = await self._attempt(result, index, choices[index], step.attempt_timeout, deadline, secrets)
             if isinstance(outcome, _Success):
                 result.outcome, result.image_ref, result.size_bytes = "ok", outcome.image_ref, outcome.size_bytes
-                result.error = None
                 return
-            result.error = outcome
             action = decide(
                 outcome.error_class,
                 not_found_fails=self.settings.not_found_fails,
@@ -210,13 +234,17 @@ class PullEngine:
 
     def _give_up(self, result: ImageResult, by_deadline: bool) -> None:
         result.outcome, result.ended_by_deadline = "failed", by_deadline
-        error = result.error.go_string() if result.error else "overall timeout reached"
-        self.log.error(
-            "not retrying any more",
-            image=result.image,
-            error="context deadline exceeded" if by_deadline else error,
-            attempts=result.attempts,
-        )
+        failure = final_failure(result.history)
+        # Upstream logs `context deadline exceeded` here and loses the reason; this line names the image's reason
+        # (the same as the summary's) and says separately that the overall timeout stopped the retries.
+        attrs: dict[str, object] = {
+            "image": result.image,
+            "error": failure.go_string() if failure is not None else "context deadline exceeded",
+            "attempts": result.attempts,
+        }
+        if by_deadline:
+            attrs["overallTimeoutReached"] = True
+        self.log.error("not retrying any more", **attrs)
 
     async def _attempt(
         self,
@@ -233,15 +261,17 @@ class PullEngine:
         self.log.info("attempting image pull", **attrs, timeout=Seconds(nominal_timeout))
         self.attempts += 1
         result.attempts += 1
-        started_at, started = time.time(), time.monotonic()
+        rpc_timeout = min(nominal_timeout, deadline.remaining())
+        started_at, started = time.time(), _now()
         try:
-            image_ref = await self._client.pull_image(
-                result.image, credential, timeout=min(nominal_timeout, deadline.remaining())
-            )
+            image_ref = await self._client.pull_image(result.image, credential, timeout=rpc_timeout)
         except grpc.aio.AioRpcError as err:
-            elapsed = time.monotonic() - started
+            elapsed = _now() - started
             failure = rpc_error(err)
             failure = PullError(failure.code, redact(failure.details, secrets))
+            # Cut: the RPC deadline was the overall deadline (shorter than the attempt timeout) and it ran out.
+            cut = rpc_timeout < nominal_timeout and failure.code == "DEADLINE_EXCEEDED"
+            result.history.append(AttemptRecord(failure, cut_by_deadline=cut))
             self.log.error(
                 "image failed to pull",
                 **attrs,
@@ -249,9 +279,11 @@ class PullEngine:
                 timeout=Seconds(nominal_timeout),
                 elapsed=Seconds(elapsed),
             )
-            self._notify(PullAttempt(result.image, started_at, elapsed, failure.go_string(), 0, index))
+            reported = final_failure(result.history) or failure  # never None: the last attempt failed
+            self._notify(PullAttempt(result.image, started_at, elapsed, reported.go_string(), 0, index, cut))
             return failure
-        elapsed = time.monotonic() - started
+        elapsed = _now() - started
+        result.history.append(AttemptRecord(None))
         response = f'image_ref:"{image_ref}"'
         self.log.info("image pulled successfully", **attrs, response=response, elapsed=Seconds(elapsed))
         size = await self._pulled_size(image_ref, deadline)

@@ -260,7 +260,7 @@ class FetchRun:
         for result in engine.results.values():
             if result.outcome == "pending":
                 result.outcome = "failed"
-                if result.error is None:
+                if result.error is None and not result.history:  # else its attempts' errors explain it
                     result.error = PullError("CANCELLED", f"interrupted by signal ({self.signal_name})")
         return RunReport(
             node=node_name(),

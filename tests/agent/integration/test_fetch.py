@@ -1,7 +1,11 @@
 """`image-prefetcher fetch` against a real containerd and Debian's registry, with the fault proxy in between.
 
 Each test asserts the outcome (exit code, termination summary, images present), the attempts (summary and/or the
-proxy's request records) and that the run ends within its bound. Timeouts are short so the suite stays quick.
+proxy's request records) and that the run ends within its bound. Timeouts are short so the suite stays quick, but
+no outcome depends on the machine's speed: where nothing is meant to stall, attempts get 60 s (STEADY), so a slow
+pull cannot time out and add an attempt; the faults that must end an attempt are stalls (which never end by
+themselves) or bandwidth limits (which only make a transfer longer); time bounds are lower bounds taken from the
+settings, or the agent's own promise (overall timeout + 10 s).
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ from infra.registry import Registry
 pytestmark = pytest.mark.timeout(120)
 
 OVERALL_S = 30
-# Short schedule: attempts 2s, 4s, 8s...; delays 0.2s, 0.4s, ... capped at 1s.
-FAST = (
-    "--initial-pull-attempt-timeout=2s",
-    "--initial-pull-attempt-delay=200ms",
-    "--max-pull-attempt-delay=1s",
-    "--cri-connect-timeout=10s",
-)
+DELAYS = ("--initial-pull-attempt-delay=200ms", "--max-pull-attempt-delay=1s", "--cri-connect-timeout=10s")
+# Short schedule, for faults that an attempt timeout must end: attempts 2s, 4s, 8s...; delays 0.2s, 0.4s, ... 1s.
+FAST = ("--initial-pull-attempt-timeout=2s", *DELAYS)
+# Stalls: the stalled attempt ends at 3 s, the retry gets 6 s for a pull that takes a fraction of a second.
+STALL_ATTEMPT_S = 3
+STALLING = (f"--initial-pull-attempt-timeout={STALL_ATTEMPT_S}s", *DELAYS)
+# Nothing meant to stall: no attempt can time out however slow the machine, only the overall deadline can cut one.
+STEADY = ("--initial-pull-attempt-timeout=60s", *DELAYS)
 SLACK_S = 10  # the agent promises to exit within overall timeout + 10 s
 
 
@@ -82,7 +87,7 @@ def test_pulls_several_images_once_each(
         testdir: Path) -> None:
     listed = testdir / "images.txt"
     listed.write_text(f"# images\n{ref('it/alpha')}\n\n{ref('it/beta')}\n")
-    run = run_agent(node.socket, [ref("it/gamma"), ref("it/alpha")], *FAST, overall(OVERALL_S),
+    run = run_agent(node.socket, [ref("it/gamma"), ref("it/alpha")], *STEADY, overall(OVERALL_S),
                     f"--image-list-file={listed}", timeout_s=OVERALL_S + SLACK_S + 5)
     assert run.rc == 0, run.describe()
     summary = run.summary
@@ -105,11 +110,11 @@ def test_stall_at_accept_costs_one_attempt(
         run_agent: Callable[..., AgentRun]) -> None:
     proxy.add_rule(Rule(action="stall_accept", times=1))
     image = ref("it/alpha")
-    run = run_agent(node.socket, [image], *FAST, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
+    run = run_agent(node.socket, [image], *STALLING, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
     assert (run.summary["ok"], run.summary["failed"]) == (1, 0), run.describe()
     assert run.summary["attempts"] == 2 and attempts_of(run, image) == 2, run.describe()
-    assert run.elapsed >= 2, "the first attempt can only end at its 2s deadline"
+    assert run.elapsed >= STALL_ATTEMPT_S, "the first attempt can only end at its deadline"
     assert proxy.requests[0].action == "stall_accept"
     assert node.image_present(image)
     assert_ended_in_time(run, OVERALL_S + SLACK_S)
@@ -121,10 +126,10 @@ def test_stall_mid_body_recovers_on_retry(
     layer = images["beta"].layers[1]
     proxy.add_rule(Rule(path=f"/blobs/{layer.digest}$", action="stall_mid_body", after_bytes=100_000, times=1))
     image = ref("it/beta")
-    run = run_agent(node.socket, [image], *FAST, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
+    run = run_agent(node.socket, [image], *STALLING, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
     assert run.summary["ok"] == 1 and attempts_of(run, image) == 2, run.describe()
-    assert run.elapsed >= 2, "the first attempt can only end at its 2s deadline"
+    assert run.elapsed >= STALL_ATTEMPT_S, "the first attempt can only end at its deadline"
     layer_requests = [r for r in proxy.requests if r.path.endswith(layer.digest)]
     assert layer_requests[0].action == "stall_mid_body" and layer_requests[0].bytes == 100_000
     # containerd 1.6 drops the partial blob with the cancelled pull's lease, so the retry usually fetches it
@@ -141,7 +146,7 @@ def test_connection_closed_mid_body_is_resumed_inside_one_attempt(
     layer = images["gamma"].layers[2]
     proxy.add_rule(Rule(path=f"/blobs/{layer.digest}$", action="close_mid_body", after_bytes=50_000, times=1))
     image = ref("it/gamma")
-    run = run_agent(node.socket, [image], *FAST, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
+    run = run_agent(node.socket, [image], *STEADY, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
     assert (run.summary["ok"], run.summary["attempts"]) == (1, 1), run.describe()
     layer_requests = [r for r in proxy.requests if r.path.endswith(layer.digest)]
@@ -156,7 +161,7 @@ def test_http_500_then_success(
     # times=2: containerd tries an HTTP error status on both of its host entries (see infra.containerd.hosts_toml)
     proxy.add_rule(Rule(path="/manifests/", action="status", status=500, times=2))
     image = ref("it/gamma")
-    run = run_agent(node.socket, [image], *FAST, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
+    run = run_agent(node.socket, [image], *STEADY, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
     assert (run.summary["ok"], run.summary["attempts"]) == (1, 2), run.describe()
     manifest_statuses = [r.status for r in proxy.requests if "/manifests/" in r.path]
@@ -169,7 +174,9 @@ def test_unauthorized_registry(
         testdir: Path, auth_registry: Registry, run_agent: Callable[..., AgentRun], credential: str,
         credentials: tuple[str, str]) -> None:
     image = ref("private/app")
-    flags = [*FAST, "--debug"]
+    # STEADY: every refused attempt ends with the registry's 401; only the overall deadline can cut the last one,
+    # and then the reason is still the 401 (the cut is in test_the_reason_survives_the_overall_timeout).
+    flags = [*STEADY, "--debug"]
     wrong_password = "wr0ng-Pa55word-never-logged"
     if credential != "none":
         password = credentials[1] if credential == "right" else wrong_password
@@ -192,16 +199,41 @@ def test_unauthorized_registry(
     assert_ended_in_time(run, overall_s + SLACK_S)
 
 
+def test_the_reason_survives_the_overall_timeout(
+        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        run_agent: Callable[..., AgentRun]) -> None:
+    """Issue 10: the registry refuses the first PullImage (401 on both of containerd's host entries), then stalls;
+    the overall timeout ends the second attempt. The summary and the final log line still name the 401, with the
+    cut. Deterministic: the 401s come at once, and the stall holds until the deadline whatever the machine's speed."""
+    proxy.add_rule(Rule(path=r"/it/alpha/manifests/", action="status", status=401, times=2, then="stall_headers"))
+    image, overall_s = ref("it/alpha"), 6
+    run = run_agent(node.socket, [image], *STEADY, overall(overall_s), timeout_s=overall_s + SLACK_S + 5)
+    assert run.rc == 0 and run.summary is not None, run.describe()
+    assert (run.summary["failed"], run.summary["complete"], attempts_of(run, image)) == (1, False, 2), run.describe()
+    assert error_class(run, image) == "unauthorized", run.describe()
+    reason = run.summary["errors"][image]
+    assert reason.endswith("401 Unauthorized (the overall timeout ended attempt 2)"), run.describe()
+    assert [r.action for r in requests_to(proxy, "it/alpha")] == ["status", "status", "stall_headers"]
+    final = [line for line in run.stderr.splitlines() if 'msg="not retrying any more"' in line]
+    assert len(final) == 1 and "401 Unauthorized (the overall timeout ended attempt 2)" in final[0], run.describe()
+    assert "overallTimeoutReached=true" in final[0]
+    attempts = [line for line in run.stderr.splitlines() if 'msg="image failed to pull"' in line]
+    assert "401 Unauthorized" in attempts[0] and "DeadlineExceeded" in attempts[1], run.describe()
+    assert run.elapsed >= overall_s, "the stall held the second attempt until the overall deadline"
+    assert_ended_in_time(run, overall_s + SLACK_S)
+
+
 # ---- not found / invalid reference / refused ----------------------------------------------------------------
 def test_not_found_is_retried_until_the_overall_timeout(
         node: ContainerdNode, proxy: FaultProxy, registry: Registry, run_agent: Callable[..., AgentRun]) -> None:
     image = ref("it/missing")
-    run = run_agent(node.socket, [image], *FAST, overall(6), timeout_s=6 + SLACK_S + 5)
+    run = run_agent(node.socket, [image], *STEADY, overall(6), timeout_s=6 + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
     assert run.summary["failed"] == 1 and error_class(run, image) == "not_found", run.describe()
-    assert run.summary["attempts"] >= 3, run.describe()
+    assert run.summary["attempts"] >= 3, run.describe()  # 0.6 s of delays in 6 s
     assert len(requests_to(proxy, "it/missing")) >= 3
-    assert run.elapsed >= 5, "NOT_FOUND is retried until the overall deadline by default"
+    # it stops only when the next delay (at most 1 s) would end past the deadline
+    assert run.elapsed >= 6 - 1, "NOT_FOUND is retried until the overall deadline by default"
     assert_ended_in_time(run, 6 + SLACK_S)
 
 
@@ -209,7 +241,7 @@ def test_not_found_fails_at_once_with_flag(
         node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
         run_agent: Callable[..., AgentRun]) -> None:
     missing = ref("it/missing")
-    run = run_agent(node.socket, [missing, ref("it/alpha")], *FAST, overall(OVERALL_S), "--not-found=fail",
+    run = run_agent(node.socket, [missing, ref("it/alpha")], *STEADY, overall(OVERALL_S), "--not-found=fail",
                     timeout_s=OVERALL_S + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
     assert (run.summary["ok"], run.summary["failed"], run.summary["attempts"]) == (1, 1, 2), run.describe()
@@ -221,19 +253,19 @@ def test_not_found_fails_at_once_with_flag(
 def test_invalid_reference_fails_at_once(
         node: ContainerdNode, proxy: FaultProxy, run_agent: Callable[..., AgentRun]) -> None:
     bad = f"{REGISTRY_NAME}/Upper/Case:v1"
-    run = run_agent(node.socket, [bad], *FAST, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
+    run = run_agent(node.socket, [bad], *STEADY, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
     assert run.summary["failed"] == 1 and error_class(run, bad) == "invalid_reference", run.describe()
     assert run.summary["attempts"] <= 1 and bad not in run.summary.get("retries", {}), run.describe()
     assert proxy.requests == [], "an invalid reference never reaches the registry"
-    assert run.elapsed < OVERALL_S / 2
+    assert run.summary["complete"] is True, "it failed for good, not by the overall timeout"
 
 
 def test_refused_connection_is_retried_until_the_overall_timeout(
         node: ContainerdNode, run_agent: Callable[..., AgentRun]) -> None:
     node.set_registry(REGISTRY_NAME, f"127.0.0.1:{free_port()}")  # nothing listens there
     image = ref("it/alpha")
-    run = run_agent(node.socket, [image], *FAST, overall(5), timeout_s=5 + SLACK_S + 5)
+    run = run_agent(node.socket, [image], *STEADY, overall(5), timeout_s=5 + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
     assert run.summary["failed"] == 1 and run.summary["attempts"] >= 3, run.describe()
     assert error_class(run, image) in ("unavailable", "error"), run.describe()
@@ -246,12 +278,21 @@ def test_slow_bandwidth_escalates_the_attempt_timeout(
         run_agent: Callable[..., AgentRun]) -> None:
     # 256 KiB/s per connection: each ~0.7 MiB layer needs ~2.7 s, more than the first 2 s attempt; the second
     # attempt gets 4 s and finishes (even when it has to start the blobs over).
-    proxy.add_rule(Rule(path="/blobs/", action="slow", bandwidth_bps=256 << 10))
+    rate = 256 << 10
+    proxy.add_rule(Rule(path="/blobs/", action="slow", bandwidth_bps=rate))
     image = ref("it/alpha")
     run = run_agent(node.socket, [image], *FAST, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
     assert run.summary["ok"] == 1 and attempts_of(run, image) >= 2, run.describe()
-    assert run.elapsed >= 2 + 2.5, "a first attempt cut at 2 s, then a full slow pull"
+    # Lower bounds only (a slower machine only adds time): the first attempt ends at 2 s, and the blob the last
+    # attempt fetched took its size at the rate (less the proxy's 16 KiB burst). A retry that resumed a partial
+    # blob with Range fetched less, and the bound follows.
+    burst = max(16 << 10, rate // 20)  # the proxy's token bucket starts full
+    last_transfer_s = max(
+        ([r for r in proxy.requests if r.path.endswith(layer.digest)][-1].bytes - burst) / rate
+        for layer in images["alpha"].layers
+    )
+    assert run.elapsed >= 2 + last_transfer_s, f"a first attempt cut at 2 s, then a slow pull\n{run.describe()}"
     assert all(r.action == "slow" for r in proxy.requests if "/blobs/" in r.path)
     assert node.image_present(image)
     assert_ended_in_time(run, OVERALL_S + SLACK_S)
@@ -263,7 +304,7 @@ def test_max_parallel_pulls_one_pulls_images_one_after_another(
         run_agent: Callable[..., AgentRun]) -> None:
     proxy.configure(latency_s=0.05)  # stretch each pull so overlaps would show
     refs = [ref(f"it/{name}") for name in images]
-    run = run_agent(node.socket, refs, *FAST, overall(OVERALL_S), "--max-parallel-pulls=1",
+    run = run_agent(node.socket, refs, *STEADY, overall(OVERALL_S), "--max-parallel-pulls=1",
                     timeout_s=OVERALL_S + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None and run.summary["ok"] == 3, run.describe()
     spans = []
@@ -277,14 +318,19 @@ def test_max_parallel_pulls_one_pulls_images_one_after_another(
 
 def test_unlimited_parallel_pulls_overlap(
         node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
-        run_agent: Callable[..., AgentRun]) -> None:
-    proxy.configure(latency_s=0.05)
-    run = run_agent(node.socket, [ref(f"it/{name}") for name in images], *FAST, overall(OVERALL_S),
-                    timeout_s=OVERALL_S + SLACK_S + 5)
+        start_agent: Callable[..., Any]) -> None:
+    # Each image's first request (its manifest) is held at the proxy: all of them are held at once only if the
+    # agent pulls them at the same time; then they are let through together. No race with the machine's speed.
+    proxy.add_rule(Rule(path="/manifests/", action="hold", times=len(images)))
+    agent = start_agent(node.socket, [ref(f"it/{name}") for name in images], *STEADY, overall(OVERALL_S))
+    all_held = wait_until(lambda: sum(1 for r in proxy.requests if r.action == "hold") == len(images), 30)
+    held = sorted(r.path for r in proxy.requests if r.action == "hold")
+    proxy.release_stalls()
+    run = agent.finish(OVERALL_S + SLACK_S + 5)
+    assert all_held, f"not every image was being pulled at once: held {held}\n{run.describe()}"
+    assert held == sorted(f"/v2/it/{name}/manifests/v1" for name in images)
     assert run.rc == 0 and run.summary is not None and run.summary["ok"] == 3, run.describe()
-    first_requests = sorted(min(r.started for r in requests_to(proxy, f"it/{name}")) for name in images)
-    last_ends = [max(r.ended or r.started for r in requests_to(proxy, f"it/{name}")) for name in images]
-    assert first_requests[-1] < min(last_ends), "all images are pulled at the same time by default"
+    assert run.summary["attempts"] == len(images), run.describe()
 
 
 # ---- containerd restart, pull policy ---------------------------------------------------------------------------
@@ -293,14 +339,15 @@ def test_containerd_restarted_mid_run(
         start_agent: Callable[..., Any]) -> None:
     proxy.add_rule(Rule(path="/blobs/", action="stall_mid_body", times=1))
     image = ref("it/gamma")
-    agent = start_agent(node.socket, [image], "--initial-pull-attempt-timeout=20s",
-                        "--initial-pull-attempt-delay=500ms", "--cri-connect-timeout=10s", overall(OVERALL_S))
-    assert wait_until(lambda: any(r.action == "stall_mid_body" for r in proxy.requests), 20), "pull never started"
+    agent = start_agent(node.socket, [image], *STEADY, overall(120))
+    assert wait_until(lambda: any(r.action == "stall_mid_body" for r in proxy.requests), 30), "pull never started"
     node.restart()
-    run = agent.finish(OVERALL_S + SLACK_S + 5)
+    run = agent.finish(120 + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
     assert run.summary["ok"] == 1 and attempts_of(run, image) >= 2, run.describe()
-    assert run.elapsed < 20, "the restart must end the stalled attempt, not its 20s deadline"
+    # The stalled attempt (60 s) ended with the restart, not by its deadline, however long the restart took.
+    failures = [line for line in run.stderr.splitlines() if 'msg="image failed to pull"' in line]
+    assert failures and "DeadlineExceeded" not in failures[0], run.describe()
     assert node.image_present(image)
 
 
@@ -341,11 +388,11 @@ def test_sigterm_mid_run_ends_promptly_with_partial_summary(
     with node.cri() as cri:
         cri.pull_image(ref("it/alpha"), timeout_s=60)
     proxy.add_rule(Rule(path=f"/v2/it/beta/blobs/{images['beta'].layers[0].digest}$", action="stall_mid_body"))
+    # One pull at a time, the quick (present) image first: once beta stalls, alpha has ended in the agent (its size
+    # lookup included), so the partial summary has it whatever the machine's speed.
     agent = start_agent(node.socket, [ref("it/alpha"), ref("it/beta")], "--initial-pull-attempt-timeout=60s",
-                        "--cri-connect-timeout=10s", overall(120))
-    assert wait_until(lambda: any(r.action == "stall_mid_body" for r in proxy.requests), 20), "pull never started"
-    # let the quick (present) image finish first, so the partial summary has something in it
-    assert wait_until(lambda: "image pulled successfully" in agent.err_path.read_text(errors="replace"), 20)
+                        "--cri-connect-timeout=10s", "--max-parallel-pulls=1", overall(120))
+    assert wait_until(lambda: any(r.action == "stall_mid_body" for r in proxy.requests), 30), "pull never started"
     assert agent.proc.poll() is None, "the stalled image keeps the run going"
     signalled = time.monotonic()
     agent.signal(signal.SIGTERM)

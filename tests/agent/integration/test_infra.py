@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from infra._util import wait_until
 from infra.containerd import ContainerdNode
 from infra.faultproxy import FaultProxy, ProxyClient, Rule
 from infra.images import TestImage, build_test_image, push_test_image
@@ -99,13 +100,41 @@ def test_stalls_hold_until_released_or_stopped(registry: Registry, images: dict[
 
         reader = threading.Thread(target=read_all)
         reader.start()
-        time.sleep(0.3)
+        # Once the proxy has taken the request (and, mid body, sent its part) the stall holds it until stop().
+        held = (lambda r: r.bytes > 0) if action == "stall_mid_body" else (lambda r: True)
+        assert wait_until(lambda: len(px.requests) == 2 and held(px.requests[1]), 30), px.requests
         assert reader.is_alive(), "the stall must hold the connection"
         started = time.monotonic()
         px.stop()
         reader.join(10)
         assert not reader.is_alive() and time.monotonic() - started < 10
         client.close()
+
+
+def test_then_answers_401_twice_then_stalls(images: dict[str, TestImage], proxy: FaultProxy) -> None:
+    proxy.add_rule(Rule(path=r"/manifests/", action="status", status=401, times=2, then="stall_headers"))
+    target = f"/v2/{images['beta'].repo}/manifests/v1"
+    assert [http_get(proxy.host, target)[0] for _ in range(2)] == [401, 401]
+    with pytest.raises(TimeoutError):  # the stall never answers: the client's own timeout ends it
+        http_get(proxy.host, target, timeout_s=0.5)
+    assert [r.action for r in proxy.requests] == ["status", "status", "stall_headers"]
+    assert http_get(proxy.host, f"/v2/{images['beta'].repo}/blobs/{images['beta'].layers[0].digest}")[0] == 200
+    with pytest.raises(ValueError, match="then needs times"):
+        Rule(path="/x", action="status", then="stall_headers")
+
+
+def test_hold_waits_for_release_then_forwards(images: dict[str, TestImage], proxy: FaultProxy) -> None:
+    proxy.add_rule(Rule(path=r"/manifests/", action="hold", times=1))
+    target = f"/v2/{images['alpha'].repo}/manifests/v1"
+    accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+    answers: list[int] = []
+    client = threading.Thread(target=lambda: answers.append(http_get(proxy.host, target, accept, timeout_s=60)[0]))
+    client.start()
+    assert wait_until(lambda: [r.action for r in proxy.requests] == ["hold"], 30), proxy.requests
+    assert answers == [] and proxy.requests[0].status is None  # held, unanswered
+    proxy.release_stalls()
+    client.join(30)
+    assert answers == [200] and proxy.requests[0].status == 200
 
 
 def test_bandwidth_limit_and_slow_rule(images: dict[str, TestImage], proxy: FaultProxy) -> None:

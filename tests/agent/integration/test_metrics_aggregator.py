@@ -26,7 +26,8 @@ from infra.images import TestImage
 
 pytestmark = pytest.mark.timeout(180)
 
-FAST = ("--initial-pull-attempt-timeout=5s", "--initial-pull-attempt-delay=200ms", "--max-pull-attempt-delay=1s")
+# 60 s attempts: nothing here stalls by accident, so a slow machine cannot make an attempt time out and add a Result.
+FAST = ("--initial-pull-attempt-timeout=60s", "--initial-pull-attempt-delay=200ms", "--max-pull-attempt-delay=1s")
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:
@@ -138,6 +139,24 @@ def test_every_attempt_reaches_the_aggregator(
         assert record["size_bytes"] > 0
     assert "metrics submitted" in result.stderr
     assert "metric submitted" in aggregator.stderr  # its --debug line per Result
+
+
+def test_the_attempt_the_overall_timeout_ended_reports_the_reason(
+    aggregator: Aggregator, node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage], run_agent: Any
+) -> None:
+    """Issue 10: a 401 (both host entries), then a stall that the overall deadline cuts. The cut attempt's Result
+    carries the image's reason, the 401 plus the cut, as the summary does; the first Result is the plain 401."""
+    alpha = ref("it/alpha")
+    proxy.add_rule(Rule(path=r"/it/alpha/manifests/", action="status", status=401, times=2, then="stall_headers"))
+    result = run_agent(
+        node.socket, [alpha], *FAST, f"--metrics-endpoint=127.0.0.1:{aggregator.grpc_port}", "--overall-timeout=6s",
+        timeout_s=60,
+    )
+    assert result.rc == 0 and result.summary is not None and result.summary["attempts"] == 2, result.describe()
+    errors = [record["error"] for record in aggregator.results()]
+    assert len(errors) == 2 and errors[0].endswith("401 Unauthorized"), errors
+    assert errors[1] == errors[0] + " (the overall timeout ended attempt 2)", errors
+    assert result.summary["errors"][alpha].endswith("401 Unauthorized (the overall timeout ended attempt 2)")
 
 
 def test_an_aggregator_that_is_down_is_logged_and_not_fatal(

@@ -1,14 +1,27 @@
-"""Error classification, redaction and the termination summary (with truncation to 4096 bytes)."""
+"""Error classification, the reason rule (`final_failure`), redaction and the termination summary (with truncation
+to 4096 bytes)."""
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from pathlib import Path
 
 import pytest
 
-from image_prefetcher.classify import Action, ErrorClass, PullError, classify, decide, redact
+from image_prefetcher.classify import (
+    DETAIL_LIMIT,
+    Action,
+    AttemptRecord,
+    ErrorClass,
+    Failure,
+    PullError,
+    classify,
+    decide,
+    final_failure,
+    redact,
+)
 from image_prefetcher.engine import ImageResult
 from image_prefetcher.logs import configure_logging
 from image_prefetcher.summary import RunReport, build_fatal_summary, build_summary, write_termination_log
@@ -65,6 +78,105 @@ def test_go_error_string_and_short_reason() -> None:
     assert error.go_string().startswith("rpc error: code = NotFound desc = xxx")
     reason = error.short_reason()
     assert reason.startswith("not_found: ") and len(reason) == len("not_found: ") + 160
+    tail = PullError("UNKNOWN", "a" * 300 + " 401 Unauthorized").short_reason()
+    assert tail.startswith("unauthorized: aaa") and "a...a" in tail and tail.endswith("a 401 Unauthorized")
+
+
+# --- the reason rule: final_failure(history) -------------------------------------------------------------------------
+
+REFUSED = PullError("UNKNOWN", 'failed to pull "r/x:v1": unexpected status: 401 Unauthorized')
+MISSING = PullError("NOT_FOUND", 'failed to resolve reference "r/x:v1": not found')
+BROKEN = PullError("UNKNOWN", "unexpected status: 500 Internal Server Error")
+SLOW = PullError("DEADLINE_EXCEEDED", "Deadline Exceeded")  # the attempt's own timeout: a real error
+INVALID = PullError("UNKNOWN", 'failed to parse image reference "A:b:c": invalid reference format')
+CUT = PullError("DEADLINE_EXCEEDED", "Deadline Exceeded")  # the same text as SLOW: only the record tells them apart
+
+# The kinds of attempt an image's history is made of.
+ATTEMPTS = {
+    "ok": AttemptRecord(None),
+    "refused": AttemptRecord(REFUSED),
+    "missing": AttemptRecord(MISSING),
+    "broken": AttemptRecord(BROKEN),
+    "slow": AttemptRecord(SLOW),
+    "invalid": AttemptRecord(INVALID),
+    "cut": AttemptRecord(CUT, cut_by_deadline=True),
+}
+
+
+def history_of(*kinds: str) -> list[AttemptRecord]:
+    return [ATTEMPTS[kind] for kind in kinds]
+
+
+@pytest.mark.parametrize(
+    ("kinds", "expected"),
+    [
+        ((), None),
+        (("ok",), None),
+        (("refused", "ok"), None),
+        (("refused",), "unauthorized: " + REFUSED.details),
+        (("missing",), "not_found: " + MISSING.details),
+        (("broken",), "error: " + BROKEN.details),
+        (("invalid",), "invalid_reference: " + INVALID.details),
+        (("slow",), "timeout: Deadline Exceeded"),
+        (("refused",) * 10 + ("cut",), "unauthorized: " + REFUSED.details + " (the overall timeout ended attempt 11)"),
+        (("broken", "refused", "cut"), "unauthorized: " + REFUSED.details + " (the overall timeout ended attempt 3)"),
+        (("refused", "broken", "cut"), "error: " + BROKEN.details + " (the overall timeout ended attempt 3)"),
+        (("refused", "slow", "cut"), "timeout: Deadline Exceeded (the overall timeout ended attempt 3)"),
+        (("cut",), "timeout: Deadline Exceeded (the overall timeout ended attempt 1)"),
+        (("cut", "cut"), "timeout: Deadline Exceeded (the overall timeout ended attempt 2)"),
+        (("refused", "cut", "cut"), "unauthorized: " + REFUSED.details + " (the overall timeout ended attempt 3)"),
+        (("cut", "refused"), "unauthorized: " + REFUSED.details),  # the last attempt was not cut: it is the reason
+        (("refused", "missing"), "not_found: " + MISSING.details),
+    ],
+)
+def test_final_failure_cases(kinds: tuple[str, ...], expected: str | None) -> None:
+    failure = final_failure(history_of(*kinds))
+    assert (failure.short_reason() if failure is not None else None) == expected
+
+
+KIND_CLASSES = {"refused": ErrorClass.UNAUTHORIZED, "missing": ErrorClass.NOT_FOUND, "broken": ErrorClass.ERROR,
+                "slow": ErrorClass.TIMEOUT, "invalid": ErrorClass.INVALID_REFERENCE}
+
+
+def _oracle_class(kinds: tuple[str, ...]) -> ErrorClass | None:
+    """The rule stated independently: None after a success; else the class of the last attempt the deadline did
+    not cut; timeout when the deadline cut every attempt."""
+    if not kinds or kinds[-1] == "ok":
+        return None
+    real = [kind for kind in kinds if kind in KIND_CLASSES]
+    return KIND_CLASSES[real[-1]] if real else ErrorClass.TIMEOUT
+
+
+@pytest.mark.parametrize("length", range(5))
+def test_final_failure_over_every_history_up_to_four_attempts(length: int) -> None:
+    for kinds in itertools.product(ATTEMPTS, repeat=length):
+        failure = final_failure(history_of(*kinds))
+        expected = _oracle_class(kinds)
+        if failure is None or expected is None:
+            assert failure is None and expected is None, kinds
+            continue
+        assert failure.error_class is expected, kinds
+        klass, _, detail = failure.short_reason().partition(": ")
+        assert klass == expected.value and len(detail) <= DETAIL_LIMIT, kinds
+        noted = kinds[-1] == "cut"  # the note says the cut, and only then
+        assert (failure.note == f"the overall timeout ended attempt {length}") is noted, kinds
+        assert failure.go_string().endswith(f" ({failure.note})") is noted, kinds
+        if noted and any(kind in KIND_CLASSES for kind in kinds):  # the cut never hides a real error
+            assert failure.error is not CUT, kinds
+
+
+def test_a_long_detail_loses_its_middle_so_that_the_cause_and_the_note_still_fit() -> None:
+    details = 'failed to pull and unpack image "r/x:v1": ' + "x" * 400 + ": 401 Unauthorized"
+    failure = Failure(PullError("UNKNOWN", details), "the overall timeout ended attempt 11")
+    reason = failure.short_reason()
+    klass, _, detail = reason.partition(": ")
+    assert klass == "unauthorized" and len(detail) == DETAIL_LIMIT
+    assert detail.startswith('failed to pull and unpack image "r/x') and '...xxx' in detail
+    assert detail.endswith("xxx: 401 Unauthorized (the overall timeout ended attempt 11)")
+    assert failure.go_string() == f"rpc error: code = Unknown desc = {failure.error.details} ({failure.note})"
+    assert Failure(REFUSED).short_reason() == REFUSED.short_reason() and Failure(REFUSED).go_string() == (
+        REFUSED.go_string()
+    )
 
 
 def test_redact() -> None:
@@ -93,6 +205,19 @@ def test_summary_fields() -> None:
         "errors": {"r/missing:v1": "not_found: not found"},
         "retries": {"r/app:v1": 3},
         "truncated": False,
+    }
+
+
+def test_summary_names_the_reason_the_deadline_did_not_cause() -> None:
+    cut = ImageResult(
+        "r/private:v1", "failed", attempts=3, ended_by_deadline=True, history=history_of("refused", "refused", "cut")
+    )
+    interrupted = ImageResult("r/other:v1", "failed", attempts=2, history=history_of("refused", "cut"),
+                              error=PullError("UNAVAILABLE", "CRI runtime gone"))  # a failure outside the attempts
+    data = json.loads(build_summary(report([cut, interrupted], complete=False)))
+    assert data["errors"] == {
+        "r/private:v1": f"unauthorized: {REFUSED.details} (the overall timeout ended attempt 3)",
+        "r/other:v1": "unavailable: CRI runtime gone",
     }
 
 
