@@ -2,7 +2,8 @@
 # Runs every suite, even after a failure, then prints one closing line: "suites: N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
-suites=(lint test-agent test-collection test-integration test-e2e test-image)
+# test-image first among the cluster suites: it builds the agent image that integration and e2e then reuse.
+suites=(lint test-agent test-collection test-image test-integration test-e2e)
 passed=0; failed=0; failed_names=()
 for s in "${suites[@]}"; do
   script=scripts/${s}.sh
