@@ -210,7 +210,7 @@ def write_inventory(path: Path, hosts: dict[str, dict[str, Any]]) -> Path:
 
 
 def run_playbook(workdir: Path, collections_path: Path, hosts: dict[str, dict[str, Any]],
-                 check: bool = False, timeout_s: int = 400) -> PlayResult:
+                 check: bool = False, timeout_s: int = 400, verbosity: int = 0) -> PlayResult:
     """``ansible-playbook stackrox.prefetch.prefetch`` (as installed from the tarball) on an inventory whose
     ``clusters`` group holds ``hosts``; a second play saves each host's ``images_result`` as JSON."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -237,6 +237,8 @@ def run_playbook(workdir: Path, collections_path: Path, hosts: dict[str, dict[st
     command = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(wrapper)]
     if check:
         command.append("--check")
+    if verbosity:
+        command.append("-" + "v" * verbosity)
     proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout_s,
                           check=False)
     stdout = proc.stdout + proc.stderr
