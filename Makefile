@@ -1,12 +1,13 @@
 # stackrox.prefetch — every target calls one script in scripts/; see docs/DESIGN.md.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help setup proto lint test test-agent test-collection test-integration test-e2e test-image demo bench image clean
+.PHONY: help setup proto lint test test-agent test-collection test-integration test-e2e test-image flake-hunt demo bench image clean
 
 help:
 	@echo "make demo    - set up everything and prefetch images onto a real local 3-node Kubernetes cluster"
 	@echo "make test    - set up everything and run every test (units, sanity, integration, e2e, image)"
 	@echo "make bench   - benchmarks (agent vs. baselines, image size)"
+	@echo "make flake-hunt [ARGS='-n 3 tests/e2e'] - run suites repeatedly with the other core busy; list every test that failed"
 	@echo "make proto   - regenerate the agent's protobuf code"
 	@echo "make image   - build the agent image with Debian's tools and a local registry"
 
@@ -36,6 +37,9 @@ test-e2e: setup
 
 test-image: setup
 	@bash scripts/test-image.sh
+
+flake-hunt: setup
+	@bash scripts/flake-hunt.sh $(ARGS)
 
 demo: setup
 	@bash scripts/demo.sh
