@@ -120,7 +120,7 @@ nodes:
       choices: [succeeded, failed, pulling, pending, not_started, unknown, error, gone]
     node_state:
       description:
-        - The node itself, from its Node object: V(ready); V(not_ready) its Ready condition is not True (for
+        - The node itself, from its Node object. V(ready); V(not_ready) its Ready condition is not True (for
           example the kubelet stopped posting status; RV(nodes[].message) gives the condition); V(cordoned)
           unschedulable (the DaemonSet's pod still runs there); V(deleted) the Node object is gone.
         - Missing when the Nodes cannot be listed with the given credentials.

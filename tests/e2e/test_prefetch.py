@@ -16,7 +16,7 @@ from kube.cluster import KubeCluster
 LABEL_PREFIX = "image-prefetcher.stackrox.io/"
 HOST = "local"  # the inventory host that stands for the cluster
 INSTANCE_KINDS = [("ServiceAccount", True), ("ConfigMap", True), ("DaemonSet", True), ("Deployment", True),
-                  ("Service", True)]
+                  ("Service", True), ("NetworkPolicy", True)]
 
 
 def play(cluster: Cluster, collections_path: Path, workdir: Path, name: str, images: list[str],

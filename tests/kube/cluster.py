@@ -27,8 +27,10 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +124,9 @@ class KubeNode:
         self.containerd: Optional[ContainerdNode] = None
         self.kubelet: Optional[Proc] = None
         self.cgroup_root = f"/prefetch-{cluster.netns_name}-{index}"
+        # The kubelet's root dir holds unix sockets (pod-resources, plugin registration): a deep test directory
+        # would pass the 108-byte socket path limit, so it lives in a short temp dir, removed at stop().
+        self.kubelet_root = Path(tempfile.mkdtemp(prefix=f"pfk-{self.name}-"))
         self.token = ""
         self.mount_ns = ""
 
@@ -231,7 +236,7 @@ class KubeNode:
         kubeconfig_path = kubeconfig(self.dir / "kubelet.kubeconfig", cluster.inside_url, cluster.pki.ca_path,
                                      f"system:node:{self.name}", token=self.token)
         argv = [*self.enter(), str(cluster.bin_dir / "kubelet"), f"--config={config}",
-                f"--kubeconfig={kubeconfig_path}", f"--root-dir={ensure_dir(self.dir / 'kubelet')}",
+                f"--kubeconfig={kubeconfig_path}", f"--root-dir={self.kubelet_root}",
                 f"--cert-dir={ensure_dir(self.dir / 'kubelet-pki')}", f"--hostname-override={self.name}",
                 f"--node-ip={self.ip}", "--v=2"]
         self.kubelet = cluster.spawn(f"kubelet-{self.index}", argv, self.dir / "kubelet.log")
@@ -257,6 +262,7 @@ class KubeNode:
             self.holder = None
         self.proxy.stop()
         remove_cgroups(self.cgroup_root)
+        shutil.rmtree(self.kubelet_root, ignore_errors=True)
 
     def to_json(self) -> dict[str, Any]:
         assert self.containerd is not None

@@ -1,0 +1,59 @@
+"""The local cluster harness cleans up after itself: after SIGINT (a Ctrl-C) to ``python -m kube up`` with a pod
+running, no process, network namespace, cgroup or mount of that cluster is left on the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from e2e.support import REPO, Cluster
+from infra._util import wait_until
+
+
+def _leftovers(netns: str, directory: Path) -> list[str]:
+    found = []
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    if netns in listed.split():
+        found.append(f"network namespace {netns}")
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        found += [str(p) for p in hierarchy.glob(f"prefetch-{netns}-*")]
+    found += [line for line in Path("/proc/self/mounts").read_text().splitlines() if str(directory) in line]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(directory) in cmdline:
+                found.append(f"process {entry.name}: {cmdline[:200]}")
+    return found
+
+
+def test_sigint_stops_everything_and_leaves_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    directory = tmp_path / "kube"
+    directory.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    proc = subprocess.Popen([sys.executable, "-m", "kube", "up", "--dir", str(directory), "--nodes", "1", "--name",
+                             "reap", "--registry-upstream", cluster.info["registry"]["upstream"]],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()
+        assert line == "ready", line + proc.stdout.read().decode()[-3000:]
+        info = json.loads((directory / "cluster.json").read_text())
+        small = Cluster(directory)
+        small.kubectl("run", "sleeper", "--image=registry.test:5000/pause:3.10", "--restart=Never")
+        assert wait_until(lambda: any(p.get("status", {}).get("phase") == "Running"
+                                      for p in small.pods("default")), 120, 0.5), small.pods("default")
+        os.killpg(proc.pid, signal.SIGINT)  # a Ctrl-C reaches the whole foreground process group
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert _leftovers(info["netns"], directory) == []
