@@ -395,6 +395,7 @@ class KubeCluster:
         self._start_cluster_network()
         self._wait_nodes_ready(self.nodes)
         self._label_nodes(self.nodes)
+        self._wait_default_service_account()
         self._write_info()
         log.info("cluster %s ready in %.0fs", self.name, time.monotonic() - started)
 
@@ -625,6 +626,15 @@ class KubeCluster:
         if not wait_until(ready, timeout_s, interval_s=1):
             tails = "\n".join(f"--- {n.name}\n{log_tail(n.dir / 'kubelet.log', 1500)}" for n in nodes)
             raise RuntimeError(f"nodes not Ready within {timeout_s:.0f}s:\n{tails}")
+
+    def _wait_default_service_account(self) -> None:
+        """Pods can be created once the controller-manager made the namespace's ``default`` ServiceAccount (the
+        ServiceAccount admission refuses them before); ready means ready for ``kubectl run``."""
+        assert self.client is not None
+        client = self.client
+        if not wait_until(lambda: client.get_or_none("ServiceAccount", "default", "default") is not None, 120, 0.5):
+            tail = log_tail(self.dir / "apiserver" / "kube-controller-manager.log")
+            raise RuntimeError(f"no default ServiceAccount after 120s:\n{tail}")
 
     def _label_nodes(self, nodes: list[KubeNode]) -> None:
         """Role labels, as kubeadm sets them (a kubelet may not set node-role.kubernetes.io/* itself)."""
