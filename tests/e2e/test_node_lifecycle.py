@@ -21,7 +21,7 @@ from infra._util import wait_until
 from kube.cluster import KubeCluster
 
 HOST = "local"
-ROLLOUT_TIMEOUT_S = 120  # the role's images_timeout in these tests: well above the node monitor's 20 s grace
+ROLLOUT_TIMEOUT_S = 75  # the role's images_timeout in these tests: well above the node monitor's 20 s grace
 
 
 @pytest.fixture(scope="module")
