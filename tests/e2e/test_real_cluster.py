@@ -138,6 +138,23 @@ def test_pod_security_message_matches_the_real_admission(cluster: Cluster, colle
     assert cluster.raw_get(f"/apis/apps/v1/namespaces/{name}/daemonsets/{name}") is None
 
 
+def _can_i_list(cluster: Cluster, namespace: str, service_account: str) -> set[tuple[str, ...]]:
+    """``kubectl auth can-i --list`` rows (resource, non-resource URLs, resource names, verbs) as a ServiceAccount,
+    with the groups its token carries."""
+    listing = cluster.kubectl(
+        "-n", namespace, "auth", "can-i", "--list", f"--as=system:serviceaccount:{namespace}:{service_account}",
+        "--as-group=system:serviceaccounts", f"--as-group=system:serviceaccounts:{namespace}",
+        "--as-group=system:authenticated")
+    rows = set()
+    for line in listing.stdout.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 4:
+            rows.add((fields[0], fields[1], fields[2], " ".join(fields[3:])))
+        elif len(fields) == 3:  # a non-resource URL row: no resource
+            rows.add(("", fields[0], fields[1], fields[2]))
+    return rows
+
+
 def test_agent_label_patch_is_authorised_by_real_rbac(cluster: Cluster, collections_path: Path,
                                                       workdir: Path) -> None:
     """The agent's node-label PATCH goes through real RBAC with its projected ServiceAccount token."""
@@ -149,6 +166,9 @@ def test_agent_label_patch_is_authorised_by_real_rbac(cluster: Cluster, collecti
     sa_user = f"system:serviceaccount:{name}:{name}"
     can = cluster.kubectl("auth", "can-i", "patch", "nodes", f"--as={sa_user}", check=False)
     assert can.stdout.strip() == "yes", can.stdout + can.stderr
+    # Exactly what it needs: beyond what any ServiceAccount of the namespace may do, nodes: patch, and nothing else.
+    granted = _can_i_list(cluster, name, name) - _can_i_list(cluster, name, "someone-else")
+    assert granted == {("nodes", "[]", "[]", "[patch]")}, granted
     patches = [r for r in cluster._records_since(0) if r["user"] == sa_user and r["resource"] == "nodes"
                and r["verb"] == "patch"]
     assert {r["name"] for r in patches} == set(cluster.node_names), patches

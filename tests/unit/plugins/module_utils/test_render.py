@@ -244,7 +244,7 @@ def test_node_labeler_rbac() -> None:
     objects = rendered(namespace="tools")
     role, binding = by_kind(objects, "ClusterRole"), by_kind(objects, "ClusterRoleBinding")
     assert "namespace" not in role["metadata"] and "namespace" not in binding["metadata"]
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch", "update"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "my-images", "namespace": "tools"}]
     assert binding["roleRef"]["name"] == "my-images-node-labeler"
 

@@ -90,6 +90,10 @@ def strip_ours(objects: list[Obj]) -> list[Obj]:
             pod["volumes"] = [volume for volume in pod["volumes"] if volume["name"] != "service-account-token"]
             prefetch = pod["initContainers"][0]
             prefetch["volumeMounts"] = [m for m in prefetch["volumeMounts"] if m["name"] != "service-account-token"]
+        if obj["kind"] == "ClusterRole":
+            # Difference (least privilege): nodes: patch only (upstream: get, patch, update; the agent only PATCHes).
+            assert obj["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]
+            obj["rules"][0]["verbs"] = ["get", "patch", "update"]
         if obj["kind"] == "Deployment":
             # Difference (hardening): the aggregator needs no API token.
             assert pod.pop("automountServiceAccountToken") is False
