@@ -36,6 +36,10 @@ CONFIG_HASH_ANNOTATION = "prefetch.stackrox.io/config-hash"
 TEMPLATE_GENERATION_ANNOTATION = "deprecated.daemonset.template.generation"
 TEMPLATE_GENERATION_LABEL = "pod-template-generation"
 RAW_SUMMARY_LIMIT = 200
+# The agent's own bounds on `warnings` (summary.py: MAX_WARNINGS, WARNING_LIMIT); kept here for a summary not
+# written by this agent.
+WARNINGS_LIMIT = 8
+WARNING_LENGTH_LIMIT = 400
 _MESSAGE_GROUP_LIMIT = 8
 _STATUS_COUNTERS = (
     "desiredNumberScheduled",
@@ -200,6 +204,8 @@ def parse_summary(message: Optional[str]) -> tuple[Optional[dict[str, Any]], str
         return None, f"unexpected summary: {_shorten(message)}"
     errors: dict[str, Any] = parsed["errors"] if isinstance(parsed.get("errors"), dict) else {}
     retries: dict[str, Any] = parsed["retries"] if isinstance(parsed.get("retries"), dict) else {}
+    # `warnings` came later (an additive key of format 1): a summary without it has none.
+    warnings: list[Any] = parsed["warnings"] if isinstance(parsed.get("warnings"), list) else []
     summary = {
         "complete": parsed.get("complete", True) is not False,
         "ok": _as_int(parsed.get("ok")),
@@ -212,6 +218,9 @@ def parse_summary(message: Optional[str]) -> tuple[Optional[dict[str, Any]], str
         "retries": {str(image): _as_int(count) for image, count in retries.items()},
         "truncated": bool(parsed.get("truncated")),
         "fatal": _first_line(str(fatal)) if fatal else "",
+        "warnings": [
+            _shorten(str(text), WARNING_LENGTH_LIMIT) for text in warnings[:WARNINGS_LIMIT] if str(text).strip()
+        ],
     }
     return summary, ""
 
@@ -282,6 +291,7 @@ def _empty_report(node: str, pod: Optional[dict[str, Any]], status: str, message
         "seconds": 0.0,
         "errors": {},
         "retries": {},
+        "warnings": [],
         "message": message,
     }
 
@@ -294,7 +304,7 @@ def _report_from_terminated(node: str, pod: dict[str, Any], terminated: dict[str
     if summary["fatal"]:
         return _empty_report(node, pod, "error", summary["fatal"])
     report = _empty_report(node, pod, "succeeded", "")
-    for key in ("ok", "failed", "skipped", "attempts", "bytes", "seconds", "errors", "retries"):
+    for key in ("ok", "failed", "skipped", "attempts", "bytes", "seconds", "errors", "retries", "warnings"):
         report[key] = summary[key]
     notes = []
     if not summary["complete"]:
@@ -426,6 +436,7 @@ def build_report(
         "nodes_failed": sum(1 for report in nodes if report["status"] == "failed"),
         "nodes_error": sum(1 for report in nodes if report["status"] == "error"),
         "nodes_gone": sum(1 for report in nodes if report["status"] == "gone"),
+        "nodes_with_warnings": sum(1 for report in nodes if report["warnings"]),
         "images_ok": sum(report["ok"] for report in nodes),
         "images_failed": sum(report["failed"] for report in nodes),
         "images_skipped": sum(report["skipped"] for report in nodes),
@@ -456,6 +467,11 @@ def pull_failure_message(nodes: list[dict[str, Any]]) -> str:
             )
     parts = [f"{image}: {reason} [{', '.join(names)}]" for (image, reason), names in sorted(groups.items())]
     return f"image pulls failed on {len(failed)} of {len(nodes)} node(s): {_join_limited(parts + unexplained)}"
+
+
+def node_warnings(nodes: list[dict[str, Any]]) -> list[str]:
+    """One line per node whose agent reported warnings (a post-run step failed, e.g. its node label was denied)."""
+    return [f"node {report['node']}: {'; '.join(report['warnings'])}" for report in nodes if report["warnings"]]
 
 
 def _nodes_with(nodes: list[dict[str, Any]], statuses: tuple[str, ...], with_message: bool) -> list[str]:

@@ -24,6 +24,9 @@ description:
     crash-looping init container whose last termination message is not JSON) the task fails at once, without
     waiting for O(timeout), naming the node(s) and the reason. An agent image that does not pull keeps the task
     waiting (registries can fail for a while).
+  - When the agent of a node reports warnings (a step after its pulls failed, for example the node-label PATCH was
+    denied because the instance's ClusterRole is missing), the node's entry carries them in RV(nodes[].warnings)
+    and the module emits one warning per such node; the node's status still says whether its images are there.
   - On timeout the task fails with the partial report, saying which nodes are still pulling, which never started
     and why (pending reasons, image pull errors of the agent itself, the DaemonSet's warning events such as a
     Pod Security rejection).
@@ -151,6 +154,16 @@ nodes:
     retries:
       description: Image to number of attempts, for images that needed more than one.
       type: dict
+    warnings:
+      description:
+        - >-
+          What failed after the node's pulls, one line per step of the agent, C(<step>: <reason>), for example
+          C(node labels: failed to patch node node-1: 403 Forbidden: nodes "node-1" is forbidden: ...) (the node
+          label was not written and the node keeps the value it had) or C(metrics submission: gave up after 5
+          call(s): ...). Never holds credentials.
+        - Empty when nothing failed, and for agents that predate the field.
+      type: list
+      elements: str
     message:
       description: Why the node is not done (or notes about an incomplete summary); empty otherwise.
       type: str
@@ -166,6 +179,7 @@ nodes:
       seconds: 4.21
       errors: {"registry.example.com/missing:v1": "not_found: manifest unknown"}
       retries: {"registry.example.com/app:v1": 2}
+      warnings: []
       message: ""
 totals:
   description: Sums over the nodes.
@@ -186,6 +200,9 @@ totals:
       type: int
     nodes_gone:
       description: Nodes with status gone (deleted during the rollout).
+      type: int
+    nodes_with_warnings:
+      description: Nodes whose agent reported warnings (see RV(nodes[].warnings)).
       type: int
     images_ok:
       description: Sum of ok.
@@ -250,6 +267,7 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
 from ansible_collections.stackrox.prefetch.plugins.module_utils._rollout import (
     RolloutWaiter,
     metrics_summary,
+    node_warnings,
     pull_failure_message,
 )
 
@@ -307,6 +325,8 @@ def run(module: AnsibleModule) -> None:
     for report in result["nodes"]:
         if report["status"] == "unknown":
             module.warn(f"node {report['node']}: {report['message']}")
+    for line in node_warnings(result["nodes"]):
+        module.warn(line)
     if params["fail_on_pull_error"] and result["totals"]["nodes_failed"]:
         module.fail_json(msg=pull_failure_message(result["nodes"]), changed=False, **result)
     module.exit_json(changed=False, **result)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -34,7 +37,7 @@ TEST_IMAGES: list[tuple[str, str, float, int]] = [
     ("e2e/ok", "v1", 0.5, 1), ("e2e/ocp", "v1", 0.5, 1), ("e2e/metrics", "v1", 0.5, 1),
     ("e2e/idem", "v1", 0.5, 1), ("e2e/multi", "v1", 0.5, 1), ("e2e/gone", "v1", 0.5, 1),
     ("e2e/status", "v1", 0.5, 1), ("e2e/edit", "v1", 0.5, 1), ("e2e/kubectl", "v1", 0.5, 1),
-    ("e2e/psa", "v1", 0.5, 1), ("e2e/rbac", "v1", 0.5, 1),
+    ("e2e/psa", "v1", 0.5, 1), ("e2e/rbac", "v1", 0.5, 1), ("e2e/denied", "v1", 0.5, 1),
     *[(f"e2e/life-{what}", "v1", 0.5, 1) for what in ("cordon", "delete", "kubelet", "add")],
 ]
 
@@ -245,3 +248,64 @@ def run_playbook(workdir: Path, collections_path: Path, hosts: dict[str, dict[st
     (workdir / "ansible.log").write_text(stdout)
     results = {p.stem: json.loads(p.read_text() or "{}") for p in results_dir.glob("*.json")}
     return PlayResult(proc.returncode, stdout, results)
+
+
+HELD_HOST = "local"  # the inventory host of a HeldRollout's play
+HELD_ROLLOUT_TIMEOUT_S = 120  # the role's images_timeout there, by default
+
+
+class HeldRollout:
+    """A playbook run whose rollout waits on ``node`` (one name or several): each one's agent pull of ``image``
+    is held by that node's registry fault proxy until release().
+
+    ``action`` ``stall_mid_body`` (once): the first blob download stalls halfway, until release() or the agent's
+    attempt timeout ends it. ``hold``: every blob request of the image waits, unanswered, until release(), whatever
+    the agent's timeouts and retries, so nothing of the image arrives before the test says so.
+    """
+
+    def __init__(self, cluster: Cluster, collections_path: Path, workdir: Path, name: str, image: str,
+                 node: Union[str, Sequence[str]], action: str = "stall_mid_body",
+                 timeout_s: int = HELD_ROLLOUT_TIMEOUT_S, **role_extra: Any) -> None:
+        self.cluster, self.image, self.action, self.timeout_s = cluster, image, action, timeout_s
+        self.nodes = [node] if isinstance(node, str) else list(node)
+        for each in cluster.node_names:
+            cluster.remove_image(each, image)
+        repository = image.split("/", 1)[1].split(":", 1)[0]
+        self.blobs = f"/{repository}/blobs/"
+        rule: dict[str, Any] = {"path": self.blobs, "action": action}
+        if action == "stall_mid_body":
+            rule["times"] = 1
+        self.rules = {each: cluster.proxy(each, "POST", "rules", rule)[0] for each in self.nodes}
+        hosts = {HELD_HOST: role_vars(cluster, name, [image], images_timeout=timeout_s, **role_extra)}
+        self.pool = concurrent.futures.ThreadPoolExecutor(1)
+        self.started = time.monotonic()
+        self.future = self.pool.submit(run_playbook, workdir, collections_path, hosts)
+
+    def wait_stalled(self) -> None:
+        """Until the agent of every held node has reached the held blob (the play must still be running)."""
+        def stalled() -> bool:
+            if self.future.done():
+                raise AssertionError(f"the play ended before the stall: {self.future.result().stdout[-3000:]}")
+            # Only this image's requests: the proxies' logs also hold earlier tests' requests.
+            return all(any(r.get("action") == self.action and self.blobs in str(r.get("path"))
+                           for r in self.cluster.proxy_requests(each)) for each in self.nodes)
+        assert wait_until(stalled, 180, 0.5), "the agent never reached the stalled blob"
+
+    def release(self) -> None:
+        """Removes the rules, then lets what they hold go on (idempotent: also for a test's cleanup)."""
+        for each, rule in list(self.rules.items()):
+            self.cluster.proxy(each, "DELETE", f"rules/{rule['id']}")
+            self.cluster.proxy(each, "POST", "release")
+            del self.rules[each]
+
+    def result(self) -> tuple[PlayResult, float]:
+        try:
+            result = self.future.result(timeout=self.timeout_s + 120)
+        finally:
+            self.pool.shutdown(wait=False)
+        return result, time.monotonic() - self.started
+
+
+def nodes_by_name(result: PlayResult, host: str = HELD_HOST) -> dict[str, dict[str, Any]]:
+    """The rollout's per-node entries of ``host``'s result, by node name."""
+    return {str(n["node"]): n for n in result.results.get(host, {}).get("nodes", [])}

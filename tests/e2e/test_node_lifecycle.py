@@ -8,16 +8,13 @@ their own (2 nodes and spares that join later), so the shared cluster stays whol
 
 from __future__ import annotations
 
-import concurrent.futures
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e.support import Cluster, PlayResult, push_all, ref, role_vars, run_playbook
-from infra._util import wait_until
+from e2e.support import Cluster, HeldRollout, PlayResult, nodes_by_name, push_all, ref
 from kube.cluster import KubeCluster
 
 HOST = "local"
@@ -33,48 +30,18 @@ def small(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield kube, Cluster(kube.dir)
 
 
-class HeldRollout:
-    """A playbook run whose rollout waits on ``node``: its agent's pull of ``image`` stalls until release()."""
-
-    def __init__(self, cluster: Cluster, collections_path: Path, workdir: Path, name: str, image: str,
-                 node: str) -> None:
-        self.cluster, self.node, self.image = cluster, node, image
-        for each in cluster.node_names:
-            cluster.remove_image(each, image)
-        repository = image.split("/", 1)[1].split(":", 1)[0]
-        self.rule = cluster.proxy(node, "POST", "rules", {"path": rf"/{repository}/blobs/", "action": "stall_mid_body",
-                                                          "times": 1})[0]
-        hosts = {HOST: role_vars(cluster, name, [image], images_timeout=ROLLOUT_TIMEOUT_S)}
-        self.pool = concurrent.futures.ThreadPoolExecutor(1)
-        self.started = time.monotonic()
-        self.future = self.pool.submit(run_playbook, workdir, collections_path, hosts)
-
-    def wait_stalled(self) -> None:
-        def stalled() -> bool:
-            if self.future.done():
-                raise AssertionError(f"the play ended before the stall: {self.future.result().stdout[-3000:]}")
-            return any(r.get("action") == "stall_mid_body" for r in self.cluster.proxy_requests(self.node))
-        assert wait_until(stalled, 180, 0.5), "the agent never reached the stalled blob"
-
-    def release(self) -> None:
-        self.cluster.proxy(self.node, "DELETE", f"rules/{self.rule['id']}")
-        self.cluster.proxy(self.node, "POST", "release")
-
-    def result(self) -> tuple[PlayResult, float]:
-        try:
-            result = self.future.result(timeout=ROLLOUT_TIMEOUT_S + 120)
-        finally:
-            self.pool.shutdown(wait=False)
-        return result, time.monotonic() - self.started
+def hold_rollout(cluster: Cluster, collections_path: Path, workdir: Path, name: str, image: str,
+                 node: str) -> HeldRollout:
+    return HeldRollout(cluster, collections_path, workdir, name, image, node, timeout_s=ROLLOUT_TIMEOUT_S)
 
 
 def by_node(result: PlayResult) -> dict[str, dict[str, Any]]:
-    return {str(n["node"]): n for n in result.results.get(HOST, {}).get("nodes", [])}
+    return nodes_by_name(result, HOST)
 
 
 def test_cordoned_node_still_gets_its_images(cluster: Cluster, collections_path: Path, workdir: Path) -> None:
     node = cluster.node_names[-1]
-    held = HeldRollout(cluster, collections_path, workdir, "e2e-cordon", ref("e2e/life-cordon"), node)
+    held = hold_rollout(cluster, collections_path, workdir, "e2e-cordon", ref("e2e/life-cordon"), node)
     try:
         held.wait_stalled()
         cluster.kubectl("cordon", node)
@@ -91,7 +58,7 @@ def test_cordoned_node_still_gets_its_images(cluster: Cluster, collections_path:
 def test_node_added_mid_rollout_is_included(small: tuple[KubeCluster, Cluster], collections_path: Path,
                                             workdir: Path) -> None:
     kube, cluster = small
-    held = HeldRollout(cluster, collections_path, workdir, "e2e-add", ref("e2e/life-add"), cluster.node_names[-1])
+    held = hold_rollout(cluster, collections_path, workdir, "e2e-add", ref("e2e/life-add"), cluster.node_names[-1])
     held.wait_stalled()
     added = kube.add_node().name
     held.release()
@@ -107,7 +74,7 @@ def test_node_deleted_mid_rollout_is_reported_gone(small: tuple[KubeCluster, Clu
     kube, _ = small
     doomed = kube.add_node()
     cluster = Cluster(kube.dir)
-    held = HeldRollout(cluster, collections_path, workdir, "e2e-delete", ref("e2e/life-delete"), doomed.name)
+    held = hold_rollout(cluster, collections_path, workdir, "e2e-delete", ref("e2e/life-delete"), doomed.name)
     held.wait_stalled()
     doomed.stop_kubelet()  # the machine goes away, then its Node object (as a node scale-down does)
     cluster.kubectl("delete", "node", doomed.name)
@@ -125,7 +92,7 @@ def test_node_whose_kubelet_stops_is_named_at_the_timeout(small: tuple[KubeClust
                                                           collections_path: Path, workdir: Path) -> None:
     kube, cluster = small
     victim = kube.nodes[1]  # the worker of the original two
-    held = HeldRollout(cluster, collections_path, workdir, "e2e-kubelet", ref("e2e/life-kubelet"), victim.name)
+    held = hold_rollout(cluster, collections_path, workdir, "e2e-kubelet", ref("e2e/life-kubelet"), victim.name)
     held.wait_stalled()
     victim.stop_kubelet()
     held.release()  # the agent finishes its pulls, but no kubelet reports it any more

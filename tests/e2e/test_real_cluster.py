@@ -145,7 +145,7 @@ def _can_i_list(cluster: Cluster, namespace: str, service_account: str) -> set[t
         "-n", namespace, "auth", "can-i", "--list", f"--as=system:serviceaccount:{namespace}:{service_account}",
         "--as-group=system:serviceaccounts", f"--as-group=system:serviceaccounts:{namespace}",
         "--as-group=system:authenticated")
-    rows = set()
+    rows: set[tuple[str, ...]] = set()
     for line in listing.stdout.splitlines()[1:]:
         fields = line.split()
         if len(fields) >= 4:

@@ -3,7 +3,8 @@
 Order: read the list and the pull secret (bad input fails before CRI is contacted) -> wait for the CRI socket
 (bounded by --cri-connect-timeout) -> [debug: list images] -> pull everything (PullEngine, hard --overall-timeout)
 -> write the termination summary -> post-run steps (metrics flush, node labels, [debug: list images]), each with
-its own short deadline so they also run after the overall timeout -> exit.
+its own short deadline so they also run after the overall timeout -> when a step failed, write the summary again
+with its `warnings` (the first write stays for a SIGTERM during the steps) -> exit.
 
 Exit codes: 0 after a complete run even if pulls failed (the DaemonSet must not crash-loop; failures are in the
 logs, the summary and the node label); 1 on bad input or a CRI runtime that does not answer; 143 / 130 when
@@ -36,7 +37,7 @@ from image_prefetcher.engine import AttemptObserver, Deadline, ImageResult, Pull
 from image_prefetcher.errors import CommandError
 from image_prefetcher.imagelist import load_images, unique_in_order
 from image_prefetcher.logs import LogFormat, Logger, Seconds, configure_logging
-from image_prefetcher.summary import RunReport, build_summary, write_termination_log
+from image_prefetcher.summary import RunReport, build_summary, one_line, write_termination_log
 
 # After the overall deadline the post-run steps share this much extra time, so the process always ends within
 # overall timeout + 10 s (the remaining seconds cover start-up and shutdown).
@@ -51,10 +52,12 @@ _SIGNAL_NAMES = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupt"}
 @dataclass(frozen=True)
 class PostRunStep:
     """Runs after the pulls with the run's report and its time budget in seconds (already enforced by the caller
-    with a timeout; the step may use it to size its own retries). Failures are logged, never fatal."""
+    with a timeout; the step may use it to size its own retries). Returns None when done (or skipped on purpose),
+    else why it failed in one line without secrets, which the summary's `warnings` carry. Failures are logged,
+    never fatal."""
 
     name: str
-    run: Callable[[RunReport, float], Awaitable[None]]
+    run: Callable[[RunReport, float], Awaitable[str | None]]
 
 
 @dataclass
@@ -88,17 +91,18 @@ def build_extensions(options: FetchOptions, log: Logger) -> Extensions:
         recorder = MetricsRecorder()
         extensions.observers.append(recorder.observe)
 
-        async def submit(_report: RunReport, budget: float) -> None:
-            await submit_metrics(options.metrics_endpoint, recorder, time.monotonic() + budget - STEP_MARGIN_SECONDS)
+        async def submit(_report: RunReport, budget: float) -> str | None:
+            deadline = time.monotonic() + budget - STEP_MARGIN_SECONDS
+            return await submit_metrics(options.metrics_endpoint, recorder, deadline)
 
         extensions.post_run_steps.append(PostRunStep("metrics submission", submit))
 
-    async def label(report: RunReport, budget: float) -> None:
+    async def label(report: RunReport, budget: float) -> str | None:
         from image_prefetcher.nodelabels import LABEL_DEADLINE_S, update_node_labels
 
         present = {image: r.outcome in ("ok", "skipped") for image, r in report.results.items()}
         deadline_s = min(LABEL_DEADLINE_S, budget - STEP_MARGIN_SECONDS)
-        await update_node_labels(present, report.complete, deadline_s=deadline_s)
+        return (await update_node_labels(present, report.complete, deadline_s=deadline_s)).problem
 
     extensions.post_run_steps.append(PostRunStep("node labels", label))
     return extensions
@@ -158,6 +162,7 @@ class FetchRun:
         self.log = log
         self.signal_name: str | None = None
         self.aborted = False  # the pulls could not run (CRI not answering, debug listing failed)
+        self.warnings: list[str] = []  # "<post-run step>: <why it failed>", for the summary's second write
         self._phase: asyncio.Task[Any] | None = None
 
     async def main(self) -> int:
@@ -189,6 +194,10 @@ class FetchRun:
             if fatal is None:  # else the command line writes the `fatal` summary (DESIGN.md), as for bad input
                 write_termination_log(self.options.termination_log, build_summary(report), self.log)
             await self._interruptible(self._post_run(report, cri, deadline))
+            if fatal is None and self.warnings:  # a failed step must reach the rollout report, not only the log
+                write_termination_log(
+                    self.options.termination_log, build_summary(report, warnings=self.warnings), self.log
+                )
         finally:
             for signum in _SIGNAL_NAMES:
                 loop.remove_signal_handler(signum)
@@ -233,7 +242,8 @@ class FetchRun:
             await self._debug_listing(cri, "before", deadline, fatal=True)
         await engine.run(self.images, deadline)
 
-    async def _debug_listing(self, cri: CriClient, stage: str, deadline: Deadline, fatal: bool) -> None:
+    async def _debug_listing(self, cri: CriClient, stage: str, deadline: Deadline, fatal: bool) -> str | None:
+        """The debug listing; returns the failure (after the pulls, where it is not fatal), else None."""
         timeout = to_seconds(self.options.image_list_timeout)
         if fatal:
             timeout = min(timeout, max(deadline.remaining(), 0.001))
@@ -245,6 +255,8 @@ class FetchRun:
             if fatal:
                 raise CommandError(message) from None
             self.log.error(message)
+            return one_line(message)
+        return None
 
     def _mark_unreached(self, engine: PullEngine, reason: str) -> None:
         self.aborted = True
@@ -286,8 +298,16 @@ class FetchRun:
             share = (hard_end - loop.time()) / (len(steps) - position)
             budget = max(MIN_STEP_SECONDS, share)
             try:
-                await asyncio.wait_for(step.run(report, budget), timeout=budget)
+                problem = await asyncio.wait_for(step.run(report, budget), timeout=budget)
             except asyncio.TimeoutError:
                 self.log.error("post-run step did not finish in time", step=step.name, budget=Seconds(budget))
+                problem = f"did not finish within its {budget:.1f}s budget"
+            except asyncio.CancelledError:
+                if self.signal_name is not None:  # a (second) signal: the summary says which step it cut
+                    self.warnings.append(f"{step.name}: interrupted by signal ({self.signal_name})")
+                raise
             except Exception as err:  # a post-run step (labels, metrics) must never fail the run
                 self.log.error("post-run step failed", step=step.name, error=str(err))
+                problem = one_line(str(err)) or type(err).__name__
+            if problem:
+                self.warnings.append(f"{step.name}: {problem}")

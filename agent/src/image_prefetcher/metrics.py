@@ -180,13 +180,18 @@ async def submit_with_retries(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rand: Callable[[], float] = random.random,
     clock: Callable[[], float] = time.monotonic,
-) -> bool:
-    """Submit all attempts in one call, retrying; never past `deadline` (a `clock()` value). True on success."""
+) -> str | None:
+    """Submit all attempts in one call, retrying; never past `deadline` (a `clock()` value).
+
+    None once submitted, else why not in one line (for the termination summary's `warnings`).
+    """
     waits = backoff_waits(rand, max(0, max_attempts - 1))
+    calls, reason = 0, "the deadline passed before the first call"
     for number in range(max_attempts):
         remaining = deadline - clock()
         if remaining <= 0:
             break
+        calls += 1
         try:
             await submit(attempts, min(attempt_timeout, remaining))
         except Exception as err:
@@ -194,7 +199,7 @@ async def submit_with_retries(
             log.error("metric Submit RPC failed, retrying", error=reason)
         else:
             log.info("metrics submitted", count=len(attempts))
-            return True
+            return None
         if number + 1 >= max_attempts:
             break
         wait = waits[number]
@@ -202,21 +207,23 @@ async def submit_with_retries(
             break  # the next try would start after the deadline: give up now instead of sleeping into it
         await sleep(wait)
     log.error("giving up retrying metrics submission", error="attempts exhausted or deadline reached")
-    return False
+    return f"gave up after {calls} call(s): {' '.join(reason.split())}"
 
 
 async def submit_metrics(
     endpoint: str, recorder: MetricsRecorder, deadline: float, submit: SubmitFn | None = None
-) -> bool:
-    """The post-run step: send the recorder's attempts to `endpoint` before `deadline` (time.monotonic)."""
+) -> str | None:
+    """The post-run step: send the recorder's attempts to `endpoint` before `deadline` (time.monotonic); None once
+    sent, else why not (one line)."""
     log.info("waiting for metrics to be submitted")
     if submit is not None:
         return await submit_with_retries(recorder.attempts, submit, deadline)
     try:
         grpc_fn, close = grpc_submit(endpoint)
     except Exception as err:
-        log.error("giving up retrying metrics submission", error=f"failed to dial metrics endpoint {endpoint!r}: {err}")
-        return False
+        reason = f"failed to dial metrics endpoint {endpoint!r}: {err}"
+        log.error("giving up retrying metrics submission", error=reason)
+        return " ".join(reason.split())
     try:
         return await submit_with_retries(recorder.attempts, grpc_fn, deadline)
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,10 @@ from image_prefetcher.engine import ImageResult
 from image_prefetcher.logs import Logger
 
 SUMMARY_LIMIT = 4096  # the kubelet's cap on a termination message
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # `warnings` was added later without a new version: readers ignore keys they do not know
+# `warnings`: one line per post-run step that failed (labels, metrics, debug listing), so a few short entries.
+MAX_WARNINGS = 8
+WARNING_LIMIT = 400  # characters; an API server's denial with the node and service account names is ~250
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,13 @@ def _largest_fitting(build: Any, count: int, limit: int) -> int:
     return low
 
 
-def build_summary(report: RunReport, limit: int = SUMMARY_LIMIT) -> bytes:
-    """Compact JSON; when too long, `retries` entries go first, then `errors` entries (counts stay exact)."""
+def build_summary(report: RunReport, limit: int = SUMMARY_LIMIT, warnings: Sequence[str] = ()) -> bytes:
+    """Compact JSON; when too long, `retries` entries go first, then `errors` entries, then `warnings` (counts stay
+    exact). `warnings` (post-run failures, one line each) is left out when there are none, as before it existed."""
     failed = [r for r in report.results.values() if r.outcome not in ("ok", "skipped")]
     errors = [(r.image, r.reason()) for r in failed]
     retries = [(r.image, r.attempts) for r in report.results.values() if r.attempts > 1]
+    notes = [shorten(one_line(text), WARNING_LIMIT) for text in warnings[:MAX_WARNINGS]]
     base: dict[str, Any] = {
         "v": FORMAT_VERSION,
         "node": report.node,
@@ -70,15 +75,16 @@ def build_summary(report: RunReport, limit: int = SUMMARY_LIMIT) -> bytes:
         "attempts": report.attempts,
     }
 
-    def build(kept_errors: int, kept_retries: int, truncated: bool) -> bytes:
-        return _encode(
-            {
-                **base,
-                "errors": dict(errors[:kept_errors]),
-                "retries": dict(retries[:kept_retries]),
-                "truncated": truncated,
-            }
-        )
+    def build(kept_errors: int, kept_retries: int, truncated: bool, kept_notes: int = len(notes)) -> bytes:
+        summary = {
+            **base,
+            "errors": dict(errors[:kept_errors]),
+            "retries": dict(retries[:kept_retries]),
+            "truncated": truncated or len(warnings) > MAX_WARNINGS,
+        }
+        if notes[:kept_notes]:
+            summary["warnings"] = notes[:kept_notes]
+        return _encode(summary)
 
     full = build(len(errors), len(retries), False)
     if len(full) <= limit:
@@ -87,7 +93,15 @@ def build_summary(report: RunReport, limit: int = SUMMARY_LIMIT) -> bytes:
     if kept_retries >= 0:
         return build(len(errors), kept_retries, True)
     kept_errors = _largest_fitting(lambda k: build(k, 0, True), len(errors), limit)
-    return build(max(kept_errors, 0), 0, True)
+    if kept_errors >= 0:
+        return build(kept_errors, 0, True)
+    kept_notes = _largest_fitting(lambda k: build(0, 0, True, k), len(notes), limit)
+    return build(0, 0, True, max(kept_notes, 0))
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, the cut said with an ellipsis (API messages put the cause first)."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def one_line(text: str) -> str:

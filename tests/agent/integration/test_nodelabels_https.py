@@ -18,7 +18,7 @@ import pytest
 
 from image_prefetcher.incluster import load_incluster_config
 from image_prefetcher.logs import TextFormatter
-from image_prefetcher.nodelabels import update_node_labels
+from image_prefetcher.nodelabels import LabelOutcome, update_node_labels
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -151,7 +151,9 @@ def log_lines() -> Iterator[list[str]]:
         logger.setLevel(old)
 
 
-def label(port: int, sa_dir: Path, results: dict[str, bool], complete: bool = True, node: str = "node-1") -> bool:
+def labelled(
+    port: int, sa_dir: Path, results: dict[str, bool], complete: bool = True, node: str = "node-1"
+) -> LabelOutcome:
     env = {
         "NODE_NAME": node,
         "INSTANCE_NAME": "my images!",
@@ -161,6 +163,10 @@ def label(port: int, sa_dir: Path, results: dict[str, bool], complete: bool = Tr
     return asyncio.run(
         update_node_labels(results, complete, environ=env, load_config=lambda: load_incluster_config(env, sa_dir))
     )
+
+
+def label(port: int, sa_dir: Path, results: dict[str, bool], complete: bool = True, node: str = "node-1") -> bool:
+    return labelled(port, sa_dir, results, complete, node).written
 
 
 def test_success_keeps_other_labels(api: tuple[FakeApiServer, int], sa_dir: Path, log_lines: list[str]) -> None:
@@ -196,14 +202,18 @@ def test_missing_node_is_tried_four_times(api: tuple[FakeApiServer, int], sa_dir
     assert not any(TOKEN in line for line in log_lines)
 
 
-def test_forbidden_is_retried_then_logged(api: tuple[FakeApiServer, int], sa_dir: Path, log_lines: list[str]) -> None:
+def test_forbidden_is_not_retried_and_the_label_stays(
+    api: tuple[FakeApiServer, int], sa_dir: Path, log_lines: list[str]
+) -> None:
     state, port = api
-    state.nodes["node-1"] = {}
-    state.failures = [403, 403, 403, 403]
-    assert label(port, sa_dir, {"a": True}) is False
-    assert len(state.requests) == 4 and KEY not in state.nodes["node-1"]
+    state.nodes["node-1"] = {KEY: "succeeded"}
+    state.failures = [403]  # a retry would succeed: there must be none
+    outcome = labelled(port, sa_dir, {"a": False})
+    assert outcome == LabelOutcome(False, "failed to patch node node-1: 403 Forbidden: scripted failure 403")
+    assert len(state.requests) == 1 and state.nodes["node-1"] == {KEY: "succeeded"}
     assert any("scripted failure 403" in line for line in log_lines if "level=ERROR" in line)
     assert not any(TOKEN in line for line in log_lines)
+    assert TOKEN not in (outcome.problem or "")
 
 
 def test_transient_failures_then_success(api: tuple[FakeApiServer, int], sa_dir: Path) -> None:

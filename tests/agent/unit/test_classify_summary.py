@@ -24,7 +24,14 @@ from image_prefetcher.classify import (
 )
 from image_prefetcher.engine import ImageResult
 from image_prefetcher.logs import configure_logging
-from image_prefetcher.summary import RunReport, build_fatal_summary, build_summary, write_termination_log
+from image_prefetcher.summary import (
+    MAX_WARNINGS,
+    WARNING_LIMIT,
+    RunReport,
+    build_fatal_summary,
+    build_summary,
+    write_termination_log,
+)
 
 CONTAINERD_ERRORS = [
     (
@@ -242,6 +249,43 @@ def test_summary_truncates_retries_first_then_errors_and_keeps_counts() -> None:
     assert len(raw) <= 4096 and data["truncated"] is True
     assert data["retries"] == {} and 0 < len(data["errors"]) < 300
     assert data["failed"] == 300 and data["attempts"] == 1500 and data["complete"] is False
+
+
+DENIED = (
+    'node labels: failed to patch node node-1: 403 Forbidden: nodes "node-1" is forbidden: User '
+    '"system:serviceaccount:prefetch:imgs" cannot patch resource "nodes" in API group "" at the cluster scope'
+)
+
+
+def test_warnings_are_added_only_when_a_post_run_step_failed() -> None:
+    ok = ImageResult("r/app:v1", "ok", attempts=1, size_bytes=100)
+    without = build_summary(report([ok]))
+    assert "warnings" not in json.loads(without), "a run without warnings keeps the summary it always had"
+    assert build_summary(report([ok]), warnings=[]) == without
+    data = json.loads(build_summary(report([ok]), warnings=[DENIED, "metrics submission: gave\nup"]))
+    assert data["warnings"] == [DENIED, "metrics submission: gave up"]  # one line each
+    assert {k: v for k, v in data.items() if k != "warnings"} == json.loads(without)
+
+
+def test_warnings_are_bounded() -> None:
+    ok = ImageResult("r/app:v1", "ok")
+    data = json.loads(build_summary(report([ok]), warnings=["x" * 5000] + [f"step {i}: failed" for i in range(20)]))
+    assert len(data["warnings"]) == MAX_WARNINGS and data["truncated"] is True
+    assert len(data["warnings"][0]) == WARNING_LIMIT and data["warnings"][0].endswith("\u2026")
+
+
+def test_warnings_count_into_the_limit_and_outlast_errors() -> None:
+    failing = [
+        ImageResult(f"registry.example.com/team/image-{i:04d}:v1", "failed", attempts=2,
+                    error=PullError("UNAVAILABLE", "connection refused"))
+        for i in range(300)
+    ]
+    raw = build_summary(report(failing), warnings=[DENIED])
+    data = json.loads(raw)
+    assert len(raw) <= 4096 and data["truncated"] is True
+    assert data["warnings"] == [DENIED], "the few warning lines stay; retries and errors make room for them"
+    assert data["retries"] == {} and 0 < len(data["errors"]) < 300 and data["failed"] == 300
+    assert len(build_summary(report(failing), limit=900, warnings=[DENIED] * MAX_WARNINGS)) <= 900
 
 
 def test_termination_log_skipped_without_directory(tmp_path: Path) -> None:

@@ -85,8 +85,26 @@ def test_the_node_label_step_runs_its_feature(monkeypatch: pytest.MonkeyPatch) -
     report = RunReport(node="n", results=results, attempts=1, seconds=1.0, complete=True)
     logging.getLogger(LOGGER_NAME).setLevel(logging.INFO)
 
-    async def run_step() -> None:
-        await step.run(report, 5.0)
+    async def run_step() -> str | None:
+        return await step.run(report, 5.0)
 
-    asyncio.run(run_step())
+    assert asyncio.run(run_step()) is None, "a deliberate skip is no failure"
     assert "NODE_NAME environment variable not set, skipping node labeling" in stream.getvalue()
+
+
+def test_the_node_label_step_returns_why_the_node_was_not_labelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NODE_NAME", "node-7")
+    monkeypatch.setenv("INSTANCE_NAME", "imgs")
+    log = configure_logging(False, "text", io.StringIO())
+    options = fetch_options(parse_flags(FETCH_FLAGS, ["--termination-log=/nonexistent/x"]))
+    (step,) = build_extensions(options, log).post_run_steps
+    report = RunReport(node="node-7", results={}, attempts=0, seconds=0.0, complete=True)
+
+    async def run_step() -> str | None:
+        return await step.run(report, 5.0)
+
+    problem = asyncio.run(run_step())
+    assert problem is not None
+    assert problem.startswith("failed to create Kubernetes client, node node-7 not labelled: unable to load")

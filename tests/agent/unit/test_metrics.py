@@ -56,7 +56,7 @@ def _recorder_with_one() -> metrics.MetricsRecorder:
     return recorder
 
 
-def _submit(submit: FlakySubmit, clock: FakeClock, budget: float) -> bool:
+def _submit(submit: FlakySubmit, clock: FakeClock, budget: float) -> str | None:
     return asyncio.run(
         metrics.submit_with_retries(
             _recorder_with_one().attempts,
@@ -71,28 +71,35 @@ def _submit(submit: FlakySubmit, clock: FakeClock, budget: float) -> bool:
 
 def test_simple_submit_is_one_call() -> None:
     clock, submit = FakeClock(), FlakySubmit(0)
-    assert _submit(submit, clock, 30) is True
+    assert _submit(submit, clock, 30) is None
     assert [count for count, _ in submit.calls] == [1]
 
 
 def test_two_failures_give_three_calls() -> None:
     clock, submit = FakeClock(), FlakySubmit(2)
-    assert _submit(submit, clock, 120) is True
+    assert _submit(submit, clock, 120) is None
     assert len(submit.calls) == 3
     assert clock.sleeps == pytest.approx([10.0, 15.0])  # upstream's 10 s then x1.5 (rand 0.5 = nominal)
 
 
 def test_short_deadline_gives_up_after_one_call() -> None:
     clock, submit = FakeClock(), FlakySubmit(1000)
-    assert _submit(submit, clock, 0.05) is False
+    assert _submit(submit, clock, 0.05) == "gave up after 1 call(s): invoking metric Submit RPC failed: bam"
     assert len(submit.calls) == 1
     assert clock.sleeps == []  # the next try (>= 5 s away) would be past the deadline: no sleep into it
     assert submit.calls[0][1] <= 0.05  # the call itself is bounded by the deadline
 
 
+def test_no_time_left_is_said() -> None:
+    clock, submit = FakeClock(), FlakySubmit(0)
+    assert _submit(submit, clock, 0) == "gave up after 0 call(s): the deadline passed before the first call"
+    assert submit.calls == []
+
+
 def test_retries_are_bounded_even_with_time_left() -> None:
     clock, submit = FakeClock(), FlakySubmit(1000)
-    assert _submit(submit, clock, 3600) is False
+    expected = f"gave up after {metrics.MAX_ATTEMPTS} call(s): invoking metric Submit RPC failed: bam"
+    assert _submit(submit, clock, 3600) == expected
     assert len(submit.calls) == metrics.MAX_ATTEMPTS
     assert clock.now - 1000.0 < 3600
 
@@ -100,7 +107,7 @@ def test_retries_are_bounded_even_with_time_left() -> None:
 def test_never_past_the_deadline_when_calls_are_slow() -> None:
     clock = FakeClock()
     submit = FlakySubmit(1000, clock, cost=15.0)
-    assert _submit(submit, clock, 40) is False
+    assert _submit(submit, clock, 40) is not None
     assert clock.now <= 1000.0 + 40
     assert all(timeout <= 40 for _, timeout in submit.calls)
 
@@ -156,6 +163,7 @@ def test_unreachable_aggregator_is_not_fatal() -> None:
         port = sock.getsockname()[1]
     recorder = _recorder_with_one()
     started = time.monotonic()
-    ok = asyncio.run(metrics.submit_metrics(f"127.0.0.1:{port}", recorder, time.monotonic() + 2.0))
-    assert ok is False
+    problem = asyncio.run(metrics.submit_metrics(f"127.0.0.1:{port}", recorder, time.monotonic() + 2.0))
+    assert problem is not None and problem.startswith("gave up after ")
+    assert "rpc error: code = " in problem and "\n" not in problem
     assert time.monotonic() - started < 10

@@ -127,7 +127,7 @@ def _messages(records: list[logging.LogRecord]) -> list[tuple[str, str, dict[str
 
 def _run(
     results: dict[str, bool], config: FakeConfig, complete: bool = True, env: dict[str, str] | None = None
-) -> bool:
+) -> nodelabels.LabelOutcome:
     environ = {"NODE_NAME": "node-1", "INSTANCE_NAME": "my images!"} if env is None else env
     return asyncio.run(
         nodelabels.update_node_labels(results, complete, environ=environ, load_config=lambda: config, deadline_s=5)
@@ -136,7 +136,7 @@ def _run(
 
 def test_success_sends_one_exact_patch(records: list[logging.LogRecord]) -> None:
     config = FakeConfig([ApiResponse(200, b"{}")])
-    assert _run({"a": True}, config) is True
+    assert _run({"a": True}, config) == nodelabels.LabelOutcome(True)
     assert len(config.calls) == 1
     method, path, body, headers, _ = config.calls[0]
     assert (method, path) == ("PATCH", "/api/v1/nodes/node-1")
@@ -153,7 +153,9 @@ def test_success_sends_one_exact_patch(records: list[logging.LogRecord]) -> None
 def test_not_found_is_tried_four_times_then_logged(records: list[logging.LogRecord]) -> None:
     status = b'{"kind":"Status","message":"nodes \\"node-1\\" not found","code":404}'
     config = FakeConfig([ApiResponse(404, status)])
-    assert _run({"a": True}, config) is False
+    outcome = _run({"a": True}, config)
+    problem = 'failed to patch node node-1: 404 Not Found: nodes "node-1" not found'
+    assert outcome == nodelabels.LabelOutcome(False, problem)
     assert len(config.calls) == 4
     errors = [m for m in _messages(records) if m[0] == "ERROR"]
     assert errors == [
@@ -167,7 +169,7 @@ def test_not_found_is_tried_four_times_then_logged(records: list[logging.LogReco
 
 def test_transient_errors_are_retried_until_success() -> None:
     config = FakeConfig([OSError("connection refused"), ApiResponse(500, b""), ApiResponse(200, b"{}")])
-    assert _run({"a": False}, config) is True
+    assert _run({"a": False}, config).written is True
     calls = config.calls
     assert len(calls) == 3
     assert calls[-1][2] == b'{"metadata":{"labels":{"image-prefetcher.stackrox.io/my-images":"failed"}}}'
@@ -175,7 +177,7 @@ def test_transient_errors_are_retried_until_success() -> None:
 
 def test_incomplete_run_writes_failed() -> None:
     config = FakeConfig([ApiResponse(200, b"{}")])
-    assert _run({"a": True}, config, complete=False) is True
+    assert _run({"a": True}, config, complete=False).written is True
     body = config.calls[0][2]
     assert body is not None and body.endswith(b':"failed"}}}')
 
@@ -205,14 +207,59 @@ def test_skips_are_logged_in_upstreams_order(
     env: dict[str, str], message: str, records: list[logging.LogRecord]
 ) -> None:
     config = FakeConfig([ApiResponse(200, b"{}")])
-    assert _run({}, config, env=env) is False
+    assert _run({}, config, env=env) == nodelabels.LabelOutcome(False)  # a skip is no failure: no warning
     assert config.calls == []
     assert ("INFO", message, {}) in _messages(records)
 
 
 def test_no_incluster_config_is_a_warning(records: list[logging.LogRecord]) -> None:
     environ = {"NODE_NAME": "n", "INSTANCE_NAME": "x"}
-    assert asyncio.run(nodelabels.update_node_labels({}, environ=environ)) is False
+    outcome = asyncio.run(nodelabels.update_node_labels({}, environ=environ))
+    assert not outcome.written and outcome.problem is not None
+    assert outcome.problem.startswith("failed to create Kubernetes client, node n not labelled: unable to load")
     warnings = [m for m in _messages(records) if m[0] == "WARNING"]
     assert warnings and warnings[0][1] == "failed to create Kubernetes client, skipping node labeling"
     assert "KUBERNETES_SERVICE_HOST" in warnings[0][2]["error"]
+
+
+FORBIDDEN = (
+    b'{"kind":"Status","status":"Failure","reason":"Forbidden","code":403,"message":"nodes \\"node-1\\" is '
+    b'forbidden: User \\"system:serviceaccount:ns:sa\\" cannot patch resource \\"nodes\\" in API group '
+    b'\\"\\" at the cluster scope"}'
+)
+
+
+@pytest.mark.parametrize(("status", "body"), [(403, FORBIDDEN), (401, b'{"message":"Unauthorized"}')])
+def test_a_denial_is_not_retried_and_says_its_status(
+    status: int, body: bytes, records: list[logging.LogRecord]
+) -> None:
+    config = FakeConfig([ApiResponse(status, body), ApiResponse(200, b"{}")])
+    outcome = _run({"a": True}, config)
+    assert len(config.calls) == 1, "the API server's denial is final: no second PATCH"
+    assert not outcome.written and outcome.problem is not None
+    said = "403 Forbidden" if status == 403 else "401 Unauthorized"
+    assert outcome.problem.startswith(f"failed to patch node node-1: {said}: ")
+    logged = [m[2]["error"] for m in _messages(records) if m[0] == "ERROR"]
+    assert len(logged) == 1 and said not in logged[0]  # the log keeps upstream's text: the Status message alone
+
+
+def test_the_denial_is_the_servers_message() -> None:
+    config = FakeConfig([ApiResponse(403, FORBIDDEN)])
+    assert _run({"a": True}, config).problem == (
+        'failed to patch node node-1: 403 Forbidden: nodes "node-1" is forbidden: User "system:serviceaccount:ns:sa" '
+        'cannot patch resource "nodes" in API group "" at the cluster scope'
+    )
+
+
+def test_a_status_without_a_message_is_said_once() -> None:
+    config = FakeConfig([ApiResponse(403, b"")])
+    assert _run({"a": True}, config).problem == (
+        "failed to patch node node-1: the server responded with status 403 Forbidden"
+    )
+
+
+def test_no_answer_keeps_the_transport_error() -> None:
+    config = FakeConfig([OSError("connection refused")])
+    problem = _run({"a": True}, config).problem
+    assert problem == "failed to patch node node-1: PATCH https://10.0.0.1:443/api/v1/nodes/node-1: connection refused"
+    assert len(config.calls) == 4

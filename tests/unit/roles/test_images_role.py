@@ -195,3 +195,14 @@ def test_report_shows_why_a_node_is_not_done() -> None:
 def test_report_without_nodes_says_so(msg: str, expected: str) -> None:
     lines = render_report(result(failed=True, nodes=[], totals={}, msg=msg))
     assert lines == ["prod-east: prefetch/img FAILED", expected]
+
+
+def test_report_shows_the_warnings_of_a_node_whose_agent_had_some() -> None:
+    denied = 'node labels: failed to patch node sim-node-2: 403 Forbidden: nodes "sim-node-2" is forbidden'
+    node = dict(NODE_FAILED, status="succeeded", failed=0, errors={}, warnings=[denied])
+    totals = dict(TOTALS_OK, nodes=2, nodes_succeeded=2, nodes_with_warnings=1)
+    lines = render_report(result(nodes=[dict(NODE_OK, warnings=[]), node], totals=totals))
+    assert lines[0].startswith("prod-east: prefetch/img succeeded: 2 nodes (2 succeeded, 0 failed, 1 with warnings)")
+    assert re.match(r"sim-node-2 +succeeded ", lines[2])
+    assert lines[3] == f"  sim-node-2: warning: {denied}"
+    assert len(lines) == 4

@@ -25,6 +25,7 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._rollout import 
     no_nodes_message,
     node_not_ready,
     node_report,
+    node_warnings,
     parse_metrics,
     parse_summary,
     pod_node,
@@ -51,6 +52,10 @@ SUMMARY_OK = {
     "retries": {"r/app:v1": 2},
     "truncated": False,
 }
+DENIED = (
+    'node labels: failed to patch node n1: 403 Forbidden: nodes "n1" is forbidden: User '
+    '"system:serviceaccount:prefetch:imgs" cannot patch resource "nodes" in API group "" at the cluster scope'
+)
 SUMMARY_FAILED = {
     **SUMMARY_OK,
     "ok": 2,
@@ -264,6 +269,23 @@ class TestParseSummary:
         summary, problem = parse_summary('["ok"]')
         assert summary is None and problem.startswith("unexpected summary")
 
+    def test_warnings_are_carried(self) -> None:
+        summary, _problem = parse_summary(json.dumps({**SUMMARY_OK, "warnings": [DENIED, "metrics: gave\nup"]}))
+        assert summary is not None and summary["warnings"] == [DENIED, "metrics: gave up"]
+
+    def test_a_summary_without_warnings_has_none(self) -> None:
+        summary, _problem = parse_summary(json.dumps(SUMMARY_OK))
+        assert summary is not None and summary["warnings"] == []
+
+    def test_odd_warnings_are_bounded(self) -> None:
+        odd = {**SUMMARY_OK, "warnings": ["x" * 5000, "", 7, *[f"w{i}" for i in range(20)]]}
+        summary, _problem = parse_summary(json.dumps(odd))
+        assert summary is not None
+        assert summary["warnings"][0] == "x" * 397 + "..." and summary["warnings"][1] == "7"
+        assert len(summary["warnings"]) <= 8
+        summary, _problem = parse_summary(json.dumps({**SUMMARY_OK, "warnings": "not a list"}))
+        assert summary is not None and summary["warnings"] == []
+
     def test_wrong_types_become_zero(self) -> None:
         summary, _problem = parse_summary(json.dumps({"ok": "3", "failed": True, "seconds": "x", "errors": []}))
         assert summary is not None
@@ -287,6 +309,17 @@ class TestNodeReport:
     def test_interrupted_run_is_failed(self) -> None:
         report = node_report("n1", done_pod("a", "n1", {**SUMMARY_OK, "complete": False}))
         assert report["status"] == "failed" and "interrupted" in report["message"]
+
+    def test_warnings_reach_the_node_entry_and_leave_the_status_alone(self) -> None:
+        report = node_report("n1", done_pod("a", "n1", {**SUMMARY_OK, "warnings": [DENIED]}))
+        assert report["status"] == "succeeded" and report["warnings"] == [DENIED] and report["message"] == ""
+        failed = node_report("n1", done_pod("a", "n1", {**SUMMARY_FAILED, "warnings": [DENIED]}))
+        assert failed["status"] == "failed" and failed["warnings"] == [DENIED]
+
+    def test_every_entry_has_a_warnings_list(self) -> None:
+        assert node_report("n1", done_pod("a", "n1"))["warnings"] == []
+        assert node_report("n3", None)["warnings"] == []
+        assert node_report("n1", pod("a", "n1", {"running": {}}))["warnings"] == []
 
     def test_truncated_summary_is_noted(self) -> None:
         report = node_report("n1", done_pod("a", "n1", {**SUMMARY_FAILED, "truncated": True}))
@@ -363,6 +396,7 @@ class TestBuildReport:
             "nodes_failed": 1,
             "nodes_error": 0,
             "nodes_gone": 0,
+            "nodes_with_warnings": 0,
             "images_ok": 5,
             "images_failed": 1,
             "images_skipped": 2,
@@ -392,6 +426,18 @@ class TestBuildReport:
 
 
 # --- messages -----------------------------------------------------------------------------------------------------
+
+
+def test_nodes_with_warnings_are_counted_and_named_one_line_each() -> None:
+    other = "metrics submission: gave up after 5 call(s): invoking metric Submit RPC failed: refused"
+    pods = [
+        done_pod("a", "n1"),
+        done_pod("b", "n2", {**SUMMARY_OK, "warnings": [DENIED]}),
+        done_pod("c", "n3", {**SUMMARY_FAILED, "warnings": [other, DENIED]}),
+    ]
+    report = build_report(daemonset(desired=3, updated=3, available=3), pods)
+    assert report["totals"]["nodes_with_warnings"] == 2
+    assert node_warnings(report["nodes"]) == [f"node n2: {DENIED}", f"node n3: {other}; {DENIED}"]
 
 
 def test_pull_failure_message_groups_nodes_per_image_and_reason() -> None:

@@ -15,6 +15,7 @@ from ansible_collections.stackrox.prefetch.plugins.modules import rollout
 from ansible_collections.stackrox.prefetch.tests.unit.plugins.modules.utils import (
     REAL_EXIT,
     REAL_FAIL,
+    AnsibleExitJson,
     fail_main,
     module_args,
     patched_exits,
@@ -107,3 +108,34 @@ def test_dict_kubeconfig_secrets_are_masked(
     shown = result["invocation"]["module_args"]["kubeconfig"]
     assert shown["clusters"][0]["cluster"]["certificate-authority"] == "/etc/ca.crt"
     assert shown["users"][2]["user"]["exec"]["command"] == "/bin/get"
+
+
+def node_entry(node: str, status: str, warnings: list[str], message: str = "") -> dict[str, t.Any]:
+    return {"node": node, "pod": f"p-{node}", "status": status, "ok": 1, "failed": 0, "skipped": 0, "attempts": 1,
+            "bytes": 1, "seconds": 1.0, "errors": {}, "retries": {}, "warnings": warnings, "message": message}
+
+
+def test_one_warning_per_node_whose_agent_reported_warnings(no_cluster: mock.MagicMock) -> None:
+    denied = 'node labels: failed to patch node n2: 403 Forbidden: nodes "n2" is forbidden'
+    nodes = [
+        node_entry("n1", "succeeded", []),
+        node_entry("n2", "succeeded", [denied, "metrics submission: gave up"]),
+        node_entry("n3", "unknown", [], "no summary in the termination message"),
+    ]
+    report = {"nodes": nodes, "totals": {"nodes_failed": 0}, "daemonset": {}}
+    waiter = mock.MagicMock()
+    waiter.report.return_value = report
+    no_cluster.side_effect = None
+    with module_args({"name": "imgs", "namespace": "p"}):
+        module = basic.AnsibleModule(argument_spec=rollout.argument_spec(), supports_check_mode=True)
+    # run() itself: main() turns any exception, the patched exit_json's too, into a failure.
+    with mock.patch.object(rollout, "Cluster"), mock.patch.object(rollout, "RolloutWaiter", return_value=waiter), \
+            mock.patch.object(module, "warn") as warn, pytest.raises(AnsibleExitJson) as exited:
+        rollout.run(module)
+    result = exited.value.args[0]
+    assert [call.args[0] for call in warn.call_args_list] == [
+        "node n3: no summary in the termination message",
+        f"node n2: {denied}; metrics submission: gave up",
+    ]
+    assert result["nodes"][1]["warnings"] == [denied, "metrics submission: gave up"]
+    assert result["changed"] is False and "failed" not in result
