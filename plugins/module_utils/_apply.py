@@ -19,6 +19,7 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import 
     Cluster,
     ResourceInfo,
     WatchExpiredError,
+    WatchInterruptedError,
     object_target,
 )
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
@@ -330,6 +331,51 @@ def _target_of(obj: dict[str, Any]) -> str:
     return object_target(str(obj.get("kind")), str(metadata.get("name")), metadata.get("namespace"))
 
 
+_PLANNED_WORDS = {"created": "to be created", "updated": "to be updated", "deleted": "to be deleted"}
+_REPORT_LIMIT = 12
+
+
+def _entry_target(entry: dict[str, Any]) -> str:
+    return object_target(str(entry.get("kind")), str(entry.get("name")), entry.get("namespace"))
+
+
+def _listed(parts: list[str]) -> str:
+    shown = ", ".join(parts[:_REPORT_LIMIT])
+    return shown + (f" and {len(parts) - _REPORT_LIMIT} more" if len(parts) > _REPORT_LIMIT else "")
+
+
+def not_written_entries(pending: list[dict[str, Any]], error: str, outcome_unknown: bool) -> list[dict[str, Any]]:
+    """The planned writes that were not done, in order; the first is the one that failed (``error``), and
+    ``maybe_done`` says when its request may have taken effect all the same."""
+    entries = []
+    for index, entry in enumerate(pending):
+        item = dict(entry)
+        item["error"] = error if index == 0 else None
+        item["maybe_done"] = bool(index == 0 and outcome_unknown)
+        entries.append(item)
+    return entries
+
+
+def write_report(done: list[dict[str, Any]], not_written: list[dict[str, Any]], check_mode: bool) -> str:
+    """What a failed apply did and did not write, for the end of its message (DESIGN.md "API faults and retries");
+    "" when there is nothing to say: check mode, or a failure before the writes were planned (every check comes
+    before the first write, so nothing was written)."""
+    written = [f"{_entry_target(e)} ({e['action']})" for e in done if e["action"] in ("created", "updated", "deleted")]
+    missing = []
+    for entry in not_written:
+        word = _PLANNED_WORDS.get(str(entry["action"]), str(entry["action"]))
+        if entry.get("maybe_done"):
+            word += f", maybe {entry['action']} all the same: the request may have reached the server"
+        missing.append(f"{_entry_target(entry)} ({word})")
+    if check_mode or (not written and not missing):
+        return ""
+    parts = [f"written: {_listed(written)}" if written else "nothing was written"]
+    if missing:
+        parts.append(f"not written: {_listed(missing)}")
+    parts.append("run the task again to finish: it writes only what is missing or differs")
+    return "; ".join(parts)
+
+
 # --- talking to the cluster ------------------------------------------------------------------------------------
 
 
@@ -355,15 +401,34 @@ class Applier:
     objects: list[dict[str, Any]] = field(default_factory=list)
     diffs: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # The writes planned and not done yet, in order (result entries with the planned action): on a failure, what a
+    # rerun still has to do.
+    pending: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         return any(entry["action"] in ("created", "updated", "deleted") for entry in self.objects)
 
     def _record(self, obj: dict[str, Any], action: str, before: Any = None, after: Any = None) -> None:
-        self.objects.append(result_entry(obj, action))
+        entry = result_entry(obj, action)
+        self.objects.append(entry)
+        key = (entry["kind"], entry["name"], entry["namespace"])
+        for index, planned in enumerate(self.pending):
+            if (planned["kind"], planned["name"], planned["namespace"]) == key:
+                del self.pending[index]
+                break
         if self.diff_mode and action != "unchanged" and action != "absent":
             self.diffs.append(object_diff(_target_of(obj), before, after))
+
+    def _plan_writes(self, entries: list[dict[str, Any]]) -> None:
+        self.pending.extend(entry for entry in entries if entry["action"] in _PLANNED_WORDS)
+
+    def failure_report(self, error: Exception) -> tuple[str, list[dict[str, Any]]]:
+        """(the message's ending, the ``not_written`` entries) after ``error`` stopped the run."""
+        not_written = [] if self.check_mode else not_written_entries(
+            self.pending, str(error), bool(getattr(error, "outcome_unknown", False))
+        )
+        return write_report(self.objects, not_written, self.check_mode), not_written
 
     # -- state: present
 
@@ -376,6 +441,10 @@ class Applier:
         self._check_cluster_scoped_owners(placed, instance)
         plan = [self._plan(obj, info, namespace_exists) for obj, info in placed]
         stale = self._stale_objects(instance, placed, namespace_exists)
+        if not namespace_exists:
+            self._plan_writes([result_entry(namespace_manifest(instance.namespace), "created")])
+        self._plan_writes([result_entry(planned.obj, planned.action) for planned in plan])
+        self._plan_writes([result_entry(obj, "deleted") for obj, _info in reversed(apply_order(stale))])
         if not namespace_exists:
             self._create_namespace(instance.namespace)
         for planned in plan:
@@ -465,6 +534,8 @@ class Applier:
         workloads = [(obj, info) for obj, info in found if info.kind in _WORKLOAD_KINDS]
         rest = [(obj, info) for obj, info in found if info.kind not in _WORKLOAD_KINDS]
         deadline = self.clock() + self.wait_timeout  # one bound for both waits
+        self._plan_writes([result_entry(obj, "deleted") for obj, _info in reversed(apply_order(workloads))])
+        self._plan_writes([result_entry(obj, "deleted") for obj, _info in reversed(apply_order(rest))])
         self._delete(workloads)
         if not self.check_mode:
             self._wait_for_deletion(instance, workloads, deadline, pods=True)
@@ -580,8 +651,8 @@ class Applier:
                         left.discard(((event.get("object") or {}).get("metadata") or {}).get("name"))
                     if not left or self.clock() >= deadline:
                         return left
-            except WatchExpiredError:
-                continue  # resourceVersion too old: list again
+            except (WatchExpiredError, WatchInterruptedError):
+                continue  # resourceVersion too old, or the stream broke: list again
             if self.clock() >= deadline:
                 return left
 

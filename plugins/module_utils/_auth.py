@@ -269,6 +269,9 @@ def build_configuration(settings: Mapping[str, Any]) -> Any:
                 f"cannot load the Kubernetes client configuration from {source}: {_first_line(error)}"
             ) from None
     _override(settings, configuration)
+    # No retries inside urllib3: it would send a DELETE again after a reset, when the first may have been carried
+    # out. _cluster.retry_decision decides every retry.
+    configuration.retries = 0
     return configuration
 
 

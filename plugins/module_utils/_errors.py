@@ -22,7 +22,15 @@ class ValidationError(PrefetchError):
 
 
 class ClusterError(PrefetchError):
-    """The Kubernetes API server answered with an error or could not be reached."""
+    """The Kubernetes API server answered with an error or could not be reached.
+
+    ``outcome_unknown``: the failed request was a write that may have reached the server before the failure (the
+    connection broke after it was sent, or the server failed while handling it), so it may have taken effect.
+    """
+
+    def __init__(self, message: str, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
 
 
 class ClusterUnreachableError(ClusterError):
@@ -45,13 +53,18 @@ class ConflictError(ClusterError):
     """HTTP 409 from server-side apply: other field managers own fields we set."""
 
 
+class InterruptedRunError(PrefetchError):
+    """SIGINT or SIGTERM reached the module (Ctrl-C, ansible-playbook stopped, or the controller went away)."""
+
+
 class MissingSecretError(PrefetchError):
     """The pull secret named by the DaemonSet is missing or not of type kubernetes.io/dockerconfigjson."""
 
 
 class RolloutError(PrefetchError):
-    """The rollout failed or timed out; ``result`` carries the partial per-node report."""
+    """The rollout failed, timed out or was interrupted; ``result`` carries the partial per-node report."""
 
-    def __init__(self, message: str, result: dict | None = None) -> None:
+    def __init__(self, message: str, result: dict | None = None, interrupted: bool = False) -> None:
         super().__init__(message)
         self.result = result or {}
+        self.interrupted = interrupted

@@ -4,7 +4,8 @@
 
 Pure parts: the DaemonSet completion predicate, the parsing of the agent's termination summary (DESIGN.md),
 the per-node report, and the messages. I/O part: ``RolloutWaiter``, which follows the DaemonSet and its pods
-with list + watch (resuming from the last resourceVersion, re-listing on 410 Gone) instead of polling.
+with list + watch (resuming from the last resourceVersion, also after a broken stream, re-listing on 410 Gone)
+instead of polling.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import 
     Cluster,
     ResourceInfo,
     WatchExpiredError,
+    WatchInterruptedError,
     object_target,
 )
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
     ClusterError,
-    ClusterUnreachableError,
     ForbiddenError,
+    InterruptedRunError,
     NotFoundError,
     PrefetchError,
     RolloutError,
@@ -665,9 +667,12 @@ class WatchState:
 
 
 class _ListWatch(threading.Thread):
-    """Lists once, then watches from the list's resourceVersion; re-lists on 410; reports into a queue."""
+    """Lists once, then watches from the list's resourceVersion, and after a watch ends or breaks watches again from
+    the last event's; lists again on 410 Gone; reports into a queue.
 
-    transient_retries = 3
+    The requests themselves are retried by the Cluster's policy (429, 5xx, a restarting API server) within the
+    module's deadline; a request that still fails ends the wait, naming the request and the cause.
+    """
 
     def __init__(
         self,
@@ -685,25 +690,20 @@ class _ListWatch(threading.Thread):
         self.kind, self.events, self.watch_slice = kind, events, watch_slice
         self.optional = optional  # a denied list/watch ends this watcher quietly instead of failing the wait
         self.stopped = threading.Event()
+        self.version: Optional[str] = None  # where the next watch starts; None: list first
 
     def run(self) -> None:
-        version: Optional[str] = None
-        failures = 0
         while not self.stopped.is_set():
             try:
-                if version is None:
+                if self.version is None:
                     items, version = self.cluster.list_objects(self.info, self.namespace, self.selector)
                     self.events.put(("sync", self.kind, items))
-                version = self._follow(version)
-                failures = 0
+                    self.version = version
+                self._follow(self.version)
             except WatchExpiredError:
-                version = None
-            except ClusterUnreachableError as error:
-                failures += 1
-                if failures > self.transient_retries:
-                    self.events.put(("error", self.kind, error))
-                    return
-                self.stopped.wait(1.0)
+                self.version = None
+            except WatchInterruptedError:
+                self.stopped.wait(0.5)  # the stream broke: watch again from the last event (the cluster retries)
             except (ForbiddenError, NotFoundError) as error:
                 self.events.put(("unwatched", self.kind, None) if self.optional else ("error", self.kind, error))
                 return
@@ -714,17 +714,16 @@ class _ListWatch(threading.Thread):
                 self.events.put(("error", self.kind, ClusterError(f"watch of {self.kind} failed: {error}")))
                 return
 
-    def _follow(self, version: str) -> str:
+    def _follow(self, version: str) -> None:
         started = time.monotonic()
         for event in self.cluster.watch(self.info, self.namespace, version, self.watch_slice, self.selector):
             if self.stopped.is_set():
-                return version
-            version = str(_meta(event.get("object")).get("resourceVersion") or version)
+                return
+            self.version = version = str(_meta(event.get("object")).get("resourceVersion") or version)
             if event.get("type") != "BOOKMARK":
                 self.events.put(("event", self.kind, event))
         if time.monotonic() - started < 1.0:
             self.stopped.wait(0.5)  # a watch that ends at once (proxy, odd server) must not turn into a busy loop
-        return version
 
 
 @dataclass
@@ -760,6 +759,8 @@ class RolloutWaiter:
                 if remaining <= 0:
                     self._fail_timeout(state, progress)
                 self._drain(state, events, remaining)
+        except InterruptedRunError as error:
+            raise RolloutError(str(error), self.report(state), interrupted=True) from None
         finally:
             for watcher in watchers:
                 watcher.stopped.set()
@@ -819,7 +820,7 @@ class RolloutWaiter:
     def _consume(self, state: WatchState, item: tuple[str, str, Any]) -> None:
         what, kind, payload = item
         if what == "error":
-            raise RolloutError(str(payload), self.report(state))
+            raise RolloutError(f"while waiting for {self.target}: {payload}", self.report(state))
         if what == "unwatched":
             state.nodes = None
         elif what == "sync":
@@ -846,6 +847,9 @@ class RolloutWaiter:
         unexplained = {node["pod"] for node in report.get("nodes", []) if node["status"] in ("not_started", "unknown")}
         events = self._warning_events(state, {self.name} | {pod for pod in unexplained if pod})
         message = timeout_message(self.target, self.timeout, progress, report["nodes"], events)
+        trouble = getattr(self.cluster, "trouble", "")
+        if trouble:
+            message += f"; the API server was failing: {trouble}"
         raise RolloutError(message, report)
 
     def report(self, state: WatchState, with_expected_nodes: bool = False) -> dict[str, Any]:
@@ -861,14 +865,14 @@ class RolloutWaiter:
             return None  # node affinity is not evaluated here; better no names than wrong ones
         try:
             nodes, _version = self.cluster.list_objects(self.cluster.resource_for("v1", "Node"))
-        except (ForbiddenError, NotFoundError):
+        except PrefetchError:  # denied, or the API server failing: the report goes without them
             return None
         return eligible_nodes(nodes, spec)
 
     def _warning_events(self, state: WatchState, names: set[str]) -> list[str]:
         try:
             items, _version = self.cluster.list_objects(self.cluster.resource_for("v1", "Event"), self.namespace)
-        except (ForbiddenError, NotFoundError):
+        except PrefetchError:  # denied, or the API server failing: the message goes without them
             return []
         return warning_events(items, names)
 

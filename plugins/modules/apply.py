@@ -30,12 +30,17 @@ description:
   - The cluster-scoped objects belong to the namespace named by their label C(prefetch.stackrox.io/namespace) (or by a
     binding's ServiceAccount subject). O(state=absent) leaves those of another namespace alone, and O(state=present)
     fails before any write when they belong to the same instance name in another namespace.
+  - When the task fails after its first write (the API server failed, went away, or the task was interrupted), the
+    message and RV(objects) say which objects were written, and RV(not_written) which were not (the first being the
+    one that failed, and whether its request may have taken effect all the same); running the task again finishes
+    the job, writing only what is missing or differs.
 author:
   - stackrox.prefetch contributors (@stackrox)
 requirements:
   - kubernetes (the Python client) on the host the module runs on.
 extends_documentation_fragment:
   - stackrox.prefetch.k8s_auth
+  - stackrox.prefetch.api_retries
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -94,6 +99,8 @@ options:
       - With O(state=absent), how many seconds to wait, in all, until the deleted objects and the DaemonSet's pods are
         gone (first the workloads and their pods, then the other objects).
       - Objects still present after that fail the task; pods still terminating only give a warning.
+      - In both states, also the time within which requests that failed for a passing reason are retried (see the
+        notes); no retry starts that would end after it.
     type: int
     default: 120
 notes:
@@ -158,6 +165,41 @@ objects:
   sample:
     - {kind: ServiceAccount, apiVersion: v1, name: my-images, namespace: prefetch, action: unchanged}
     - {kind: DaemonSet, apiVersion: apps/v1, name: my-images, namespace: prefetch, action: updated}
+not_written:
+  description:
+    - The writes that were planned and not done because the task failed, in the order they would have been made;
+      empty when the failure came before the first write (nothing was written) or in check mode.
+  returned: failure
+  type: list
+  elements: dict
+  contains:
+    kind:
+      description: The object's kind.
+      type: str
+    apiVersion:
+      description: The object's apiVersion.
+      type: str
+    name:
+      description: The object's name.
+      type: str
+    namespace:
+      description: The object's namespace; null for cluster-scoped objects.
+      type: str
+    action:
+      description: What was planned.
+      type: str
+      choices: [created, updated, deleted]
+    error:
+      description: For the first entry, the write that failed, the error; null for the others.
+      type: str
+    maybe_done:
+      description:
+        - For the first entry, true when its request may have reached the server and taken effect all the same (the
+          connection broke after it was sent, or the server failed while handling it).
+      type: bool
+  sample:
+    - {kind: DaemonSet, apiVersion: apps/v1, name: my-images, namespace: prefetch, action: created,
+       error: "cannot apply DaemonSet prefetch/my-images: HTTP 500 ...", maybe_done: true}
 name:
   description: The instance name.
   returned: success
@@ -171,6 +213,7 @@ namespace:
 """
 
 import os
+import time
 import traceback
 import typing as t
 
@@ -190,7 +233,13 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._auth import (
     protect_kubeconfig_secrets,
 )
 from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import Cluster
-from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import PrefetchError, ValidationError
+from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
+    ClusterError,
+    InterruptedRunError,
+    PrefetchError,
+    ValidationError,
+)
+from ansible_collections.stackrox.prefetch.plugins.module_utils._interrupt import guard
 
 
 def argument_spec() -> dict[str, t.Any]:
@@ -229,29 +278,42 @@ def resolve_request(params: dict[str, t.Any]) -> tuple[Instance, list[dict[str, 
     return resolve_instance(objects, params.get("name"), params.get("namespace")), objects
 
 
-def partial_result(applier: t.Optional[Applier]) -> dict[str, t.Any]:
-    """What was done before a failure (objects already written stay reported)."""
-    return {"objects": applier.objects if applier else [], "changed": bool(applier and applier.changed)}
+def partial_result(applier: t.Optional[Applier], error: Exception) -> dict[str, t.Any]:
+    """The message and what was done before a failure: the objects written, and those not written."""
+    message = str(error)
+    if applier is None:
+        return {"msg": message, "objects": [], "changed": False}
+    ending, not_written = applier.failure_report(error)
+    if ending and isinstance(error, (ClusterError, InterruptedRunError)):
+        message += f"; {ending}"
+    return {"msg": message, "objects": applier.objects, "changed": applier.changed, "not_written": not_written}
 
 
 def run(module: AnsibleModule, applier_factory: t.Callable[[t.Any], Applier]) -> None:
     params = module.params
     applier: t.Optional[Applier] = None
+    doing = "checking the options"
+
+    def describe() -> str:
+        return doing
+
     try:
-        instance, objects = resolve_request(params)
-        applier = applier_factory(Cluster(build_api_client(params, os.environ)))
-        if params["state"] == "present":
-            applier.present(objects, instance, params["create_namespace"])
-        else:
-            applier.absent(instance, objects, params["remove_node_labels"])
+        with guard(describe):
+            instance, objects = resolve_request(params)
+            verb = "applying" if params["state"] == "present" else "removing"
+            doing = f"{verb} instance {instance.namespace}/{instance.name}"
+            deadline = time.monotonic() + params["wait_timeout"]
+            applier = applier_factory(Cluster(build_api_client(params, os.environ), deadline=deadline))
+            if params["state"] == "present":
+                applier.present(objects, instance, params["create_namespace"])
+            else:
+                applier.absent(instance, objects, params["remove_node_labels"])
     except PrefetchError as error:
-        module.fail_json(msg=str(error), **partial_result(applier))
+        module.fail_json(**partial_result(applier, error))
     except Exception as error:  # a bug: one line for the user, the traceback only with -vvv
-        module.fail_json(
-            msg=f"unexpected error: {type(error).__name__}: {error}",
-            exception=traceback.format_exc(),
-            **partial_result(applier),
-        )
+        failure = partial_result(applier, error)
+        failure["msg"] = f"unexpected error: {type(error).__name__}: {error}"
+        module.fail_json(exception=traceback.format_exc(), **failure)
     if applier is None:  # unreachable: every path without an applier ended in fail_json
         module.fail_json(msg="internal error: no result")
         return

@@ -29,7 +29,11 @@ description:
     and the module emits one warning per such node; the node's status still says whether its images are there.
   - On timeout the task fails with the partial report, saying which nodes are still pulling, which never started
     and why (pending reasons, image pull errors of the agent itself, the DaemonSet's warning events such as a
-    Pod Security rejection).
+    Pod Security rejection), and the API server's last failure when it was failing.
+  - A watch that ends or breaks is resumed from the last event's resourceVersion, a resourceVersion the server no
+    longer has (410 Gone, also as a watch event) makes it list again; a request that still fails after the retries
+    (see the notes), or is refused (401, 403), fails the task at once, naming the DaemonSet, the request and the
+    cause, with the partial report.
   - Read-only; never reports C(changed).
 author:
   - stackrox.prefetch contributors (@stackrox)
@@ -37,6 +41,7 @@ requirements:
   - kubernetes (the Python client) on the host the module runs on.
 extends_documentation_fragment:
   - stackrox.prefetch.k8s_auth
+  - stackrox.prefetch.api_retries
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -56,7 +61,9 @@ options:
     type: str
     required: true
   timeout:
-    description: How many seconds to wait for the rollout to complete.
+    description:
+      - How many seconds to wait for the rollout to complete.
+      - Also the time within which requests that failed for a passing reason are retried (see the notes).
     type: int
     default: 1200
   fail_on_pull_error:
@@ -246,6 +253,7 @@ metrics_summary:
 """
 
 import os
+import time
 import traceback
 import typing as t
 
@@ -264,6 +272,7 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
     RolloutError,
     ValidationError,
 )
+from ansible_collections.stackrox.prefetch.plugins.module_utils._interrupt import guard
 from ansible_collections.stackrox.prefetch.plugins.module_utils._rollout import (
     RolloutWaiter,
     metrics_summary,
@@ -306,7 +315,8 @@ def add_metrics(module: AnsibleModule, waiter: RolloutWaiter, result: dict[str, 
 def run(module: AnsibleModule) -> None:
     params = module.params
     validate(params)
-    cluster = Cluster(build_api_client(params, os.environ))
+    deadline = time.monotonic() + params["timeout"]  # also the bound of every retry (the api_retries notes)
+    cluster = Cluster(build_api_client(params, os.environ), deadline=deadline)
     waiter = RolloutWaiter(cluster, params["name"], params["namespace"], float(params["timeout"]))
     daemonset = waiter.existing_daemonset()
     if daemonset is None:
@@ -316,7 +326,7 @@ def run(module: AnsibleModule) -> None:
     try:
         state = waiter.wait(daemonset)
     except RolloutError as error:
-        if params["collect_metrics"] and error.result:
+        if params["collect_metrics"] and error.result and not error.interrupted:
             add_metrics(module, waiter, error.result)
         raise
     result: dict[str, t.Any] = waiter.report(state)  # wait() returns only while the DaemonSet exists
@@ -337,8 +347,11 @@ def main() -> None:
     protect_kubeconfig_secrets(module)
     if not HAS_KUBERNETES:
         module.fail_json(msg=missing_required_lib("kubernetes"), exception=KUBERNETES_IMPORT_ERROR)
+    params = module.params
+    target = f"DaemonSet {params['namespace']}/{params['name']}"
     try:
-        run(module)
+        with guard(lambda: f"waiting for {target}"):
+            run(module)
     except RolloutError as error:
         module.fail_json(msg=str(error), changed=False, **error.result)
     except PrefetchError as error:

@@ -17,7 +17,9 @@ from typing import Optional
 
 import pytest
 
+from e2e.faults import api_proxy
 from e2e.support import REPO, VENV_BIN, Cluster, push_all
+from infra.apiproxy import ApiProxy
 from kube.cluster import KubeCluster
 
 
@@ -63,3 +65,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 @pytest.fixture()
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def apiproxy(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProxy]:
+    """An API fault proxy (tests/infra/apiproxy.py) in front of the session cluster's API server, one per module."""
+    with api_proxy(cluster, tmp_path_factory.mktemp("apiproxy")) as proxy:
+        yield proxy
+
+
+@pytest.fixture()
+def px(apiproxy: ApiProxy) -> Iterator[ApiProxy]:
+    """The module's API fault proxy without rules and with an empty request log; the test's rules go after it."""
+    apiproxy.clear_rules()
+    apiproxy.clear_requests()
+    yield apiproxy
+    apiproxy.clear_rules()

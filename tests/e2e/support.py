@@ -212,10 +212,10 @@ def write_inventory(path: Path, hosts: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
-def run_playbook(workdir: Path, collections_path: Path, hosts: dict[str, dict[str, Any]],
-                 check: bool = False, timeout_s: int = 400, verbosity: int = 0) -> PlayResult:
-    """``ansible-playbook stackrox.prefetch.prefetch`` (as installed from the tarball) on an inventory whose
-    ``clusters`` group holds ``hosts``; a second play saves each host's ``images_result`` as JSON."""
+def _prepare_playbook(workdir: Path, collections_path: Path, hosts: dict[str, dict[str, Any]], check: bool,
+                      verbosity: int, bin_dir: Path, extra_env: Optional[dict[str, str]]
+                      ) -> tuple[list[str], dict[str, str], Path]:
+    """The inventory, the wrapper play and the results directory in ``workdir``; the command and its environment."""
     workdir.mkdir(parents=True, exist_ok=True)
     inventory = write_inventory(workdir / "inventory.yml", hosts)
     results_dir = workdir / "results"
@@ -235,19 +235,66 @@ def run_playbook(workdir: Path, collections_path: Path, hosts: dict[str, dict[st
     env.update({"ANSIBLE_COLLECTIONS_PATH": str(collections_path), "ANSIBLE_NOCOLOR": "1",
                 "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_RETRY_FILES_ENABLED": "False",
                 "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp"), "ANSIBLE_FORKS": "5",
-                "PATH": f"{VENV_BIN}:{env.get('PATH', '')}"})
+                "PATH": f"{bin_dir}:{env.get('PATH', '')}", **(extra_env or {})})
     env.pop("K8S_AUTH_KUBECONFIG", None)
-    command = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(wrapper)]
+    command = [str(bin_dir / "ansible-playbook"), "-i", str(inventory), str(wrapper)]
     if check:
         command.append("--check")
     if verbosity:
         command.append("-" + "v" * verbosity)
+    return command, env, results_dir
+
+
+def _play_result(workdir: Path, results_dir: Path, rc: int, output: str) -> PlayResult:
+    (workdir / "ansible.log").write_text(output)
+    results = {p.stem: json.loads(p.read_text() or "{}") for p in results_dir.glob("*.json")}
+    return PlayResult(rc, output, results)
+
+
+def run_playbook(workdir: Path, collections_path: Path, hosts: dict[str, dict[str, Any]],
+                 check: bool = False, timeout_s: int = 400, verbosity: int = 0) -> PlayResult:
+    """``ansible-playbook stackrox.prefetch.prefetch`` (as installed from the tarball) on an inventory whose
+    ``clusters`` group holds ``hosts``; a second play saves each host's ``images_result`` as JSON."""
+    command, env, results_dir = _prepare_playbook(workdir, collections_path, hosts, check, verbosity, VENV_BIN, None)
     proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout_s,
                           check=False)
-    stdout = proc.stdout + proc.stderr
-    (workdir / "ansible.log").write_text(stdout)
-    results = {p.stem: json.loads(p.read_text() or "{}") for p in results_dir.glob("*.json")}
-    return PlayResult(proc.returncode, stdout, results)
+    return _play_result(workdir, results_dir, proc.returncode, proc.stdout + proc.stderr)
+
+
+@dataclass
+class RunningPlaybook:
+    """A playbook started by ``start_playbook``: ``proc`` for signals, ``finish()`` for its result."""
+
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    results_dir: Path
+    output: Path
+
+    def finish(self, timeout_s: float) -> PlayResult:
+        try:
+            rc = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"ansible-playbook did not end within {timeout_s:.0f}s: "
+                                 f"{self.output.read_text(errors='replace')[-3000:]}") from None
+        return _play_result(self.workdir, self.results_dir, rc, self.output.read_text(errors="replace"))
+
+
+def start_playbook(workdir: Path, collections_path: Path, hosts: dict[str, dict[str, Any]],
+                   bin_dir: Path = VENV_BIN, env: Optional[dict[str, str]] = None) -> RunningPlaybook:
+    """``run_playbook`` in the background (ansible-core of ``bin_dir``, more environment in ``env``); stdout and
+    stderr go to ``workdir/ansible.out`` (a pipe nobody reads while the play runs could fill up)."""
+    command, full_env, results_dir = _prepare_playbook(workdir, collections_path, hosts, False, 0, bin_dir, env)
+    output = workdir / "ansible.out"
+    # SIGINT as in a terminal: scripts/test-e2e.sh runs pytest in the background, where SIGINT is ignored, and an
+    # ignored signal is inherited (ansible-core 2.16 would then never see one). Same pid after the exec.
+    default_sigint = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                      "os.execv(sys.argv[1], sys.argv[1:])")
+    with output.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", default_sigint, *command], cwd=workdir, env=full_env,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return RunningPlaybook(proc, workdir, results_dir, output)
 
 
 HELD_HOST = "local"  # the inventory host of a HeldRollout's play

@@ -10,17 +10,15 @@ lets other processes read and change the rules over HTTP (see ``ProxyClient``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import itertools
 import json
 import re
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Optional
+
+from infra._proxybase import ProxyBase, RecordBase
 
 ACTIONS = frozenset(
     {"stall_accept", "stall_headers", "stall_mid_body", "close_mid_body", "close_no_body", "status", "slow", "hold"}
@@ -98,15 +96,9 @@ class Rule:
 
 
 @dataclass
-class RequestRecord:
+class RequestRecord(RecordBase):
     """One proxied request. ``status`` is what the client got (None: no answer); ``bytes`` = response body bytes."""
 
-    method: str
-    path: str
-    query: str
-    action: str
-    conn: int
-    started: float
     range: Optional[str] = None
     status: Optional[int] = None
     bytes: int = 0
@@ -186,22 +178,20 @@ async def _read_head(reader: asyncio.StreamReader) -> Optional[_Head]:
     return _Head(lines[0], headers)
 
 
-class FaultProxy:
-    """``with FaultProxy(upstream="127.0.0.1:PORT", latency_s=0.03, bandwidth_bps=25 << 20) as px: ...``"""
+class FaultProxy(ProxyBase[Rule, RequestRecord]):
+    """``with FaultProxy(upstream="127.0.0.1:PORT", latency_s=0.03, bandwidth_bps=25 << 20) as px: ...``
+
+    Rules and the request log: ``add_rule``, ``remove_rule``, ``clear_rules``, ``rules``, ``requests``,
+    ``clear_requests`` (``infra._proxybase.ProxyBase``).
+    """
 
     def __init__(self, upstream: str, latency_s: float = 0.0, bandwidth_bps: Optional[int] = None) -> None:
+        super().__init__()
         self.upstream = upstream
         self.latency_s = latency_s
         self.bandwidth_bps = bandwidth_bps
         self.port = 0
         self.control_port = 0
-        self._rules: list[Rule] = []
-        self._records: list[RequestRecord] = []
-        self._lock = threading.Lock()
-        self._rule_ids = itertools.count(1)
-        self._conn_ids = itertools.count(1)
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._thread: Optional[threading.Thread] = None
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -216,37 +206,6 @@ class FaultProxy:
     def control_url(self) -> str:
         return f"http://127.0.0.1:{self.control_port}/_proxy/"
 
-    def add_rule(self, rule: Rule) -> Rule:
-        with self._lock:
-            rule.id = next(self._rule_ids)
-            rule.hits = 0
-            self._rules.append(rule)
-        return rule
-
-    def remove_rule(self, rule_id: int) -> bool:
-        with self._lock:
-            before = len(self._rules)
-            self._rules = [r for r in self._rules if r.id != rule_id]
-            return len(self._rules) != before
-
-    def clear_rules(self) -> None:
-        with self._lock:
-            self._rules.clear()
-
-    @property
-    def rules(self) -> list[Rule]:
-        with self._lock:
-            return [dataclasses.replace(r) for r in self._rules]
-
-    @property
-    def requests(self) -> list[RequestRecord]:
-        with self._lock:
-            return [dataclasses.replace(r) for r in self._records]
-
-    def clear_requests(self) -> None:
-        with self._lock:
-            self._records.clear()
-
     def configure(self, latency_s: Optional[float] = None, bandwidth_bps: Optional[int] = -1) -> None:
         """Change latency and/or the per-connection bandwidth (None = unlimited; -1 = leave as is)."""
         if latency_s is not None:
@@ -257,46 +216,10 @@ class FaultProxy:
     def release_stalls(self) -> None:
         """Ends every connection currently held by a stall rule and lets every held (``hold``) request go on upstream;
         the rules themselves stay."""
-        loop = self._loop
-        if loop is not None:
-            asyncio.run_coroutine_threadsafe(self._release_now(), loop).result(timeout=10)
+        self._in_loop(self._release_now())
 
-    def start(self) -> FaultProxy:
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
-        def run() -> None:
-            assert self._loop is not None
-            asyncio.set_event_loop(self._loop)
-            self._loop.call_soon(ready.set)
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name=f"faultproxy->{self.upstream}", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        asyncio.run_coroutine_threadsafe(self._start_servers(), self._loop).result(timeout=10)
-        return self
-
-    def stop(self) -> None:
-        """Closes the listeners and every connection at once, stalled ones included; joins the thread."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        if not thread.is_alive():
-            loop.close()
-        self._loop = self._thread = None
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _thread_name(self) -> str:
+        return f"faultproxy->{self.upstream}"
 
     # ---- loop side --------------------------------------------------------------------------------
     async def _start_servers(self) -> None:
@@ -371,11 +294,6 @@ class FaultProxy:
                     rule.hits += 1
                     return dataclasses.replace(rule, action=action, then=None, times=None)
         return None
-
-    def _record(self, record: RequestRecord) -> RequestRecord:
-        with self._lock:
-            self._records.append(record)
-        return record
 
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn_id = next(self._conn_ids)

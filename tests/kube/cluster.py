@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import yaml
 
@@ -417,6 +417,21 @@ class KubeCluster:
         self._label_nodes([node])
         self._write_info()
         return node
+
+    def restart_apiserver(self, down_s: float = 0.0) -> float:
+        """Stops kube-apiserver (SIGTERM, as a rolling restart does), waits ``down_s`` seconds, starts it again with
+        the same command line and waits until it is ready; returns how many seconds it was gone. Everything else
+        (etcd, the other components, the kubelets) keeps running and reconnects by itself."""
+        index = next(i for i, proc in enumerate(self.procs) if proc.name == "kube-apiserver")
+        old = self.procs[index]
+        stopped = time.monotonic()
+        stop_process(old.popen, term_timeout_s=30)
+        time.sleep(down_s)
+        argv = cast("list[str]", old.popen.args)  # spawn() was given a list
+        self.procs[index] = self.spawn(old.name, list(argv), old.log_path)
+        self.procs.pop()  # spawn() appended it; it keeps its place in the stop order
+        self._wait_api_ready()
+        return time.monotonic() - stopped
 
     def _start_registry(self) -> None:
         if not self.registry_upstream:

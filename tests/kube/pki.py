@@ -56,9 +56,24 @@ class Pki:
         self.ca_path.write_bytes(self.ca_cert.public_bytes(serialization.Encoding.PEM))
         _write_key(self.ca_key, self.ca_key_path)
 
+    @classmethod
+    def load(cls, directory: Path) -> Pki:
+        """The CA that ``Pki(directory)`` made earlier (``ca.crt``, ``ca.key``), to issue more certificates from it
+        in another process (cluster.json's ``ca_path`` is ``directory / "ca.crt"``)."""
+        pki = cls.__new__(cls)
+        pki.dir = directory
+        pki.ca_path, pki.ca_key_path = directory / "ca.crt", directory / "ca.key"
+        pki.ca_cert = x509.load_pem_x509_certificate(pki.ca_path.read_bytes())
+        key = serialization.load_pem_private_key(pki.ca_key_path.read_bytes(), password=None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        pki.ca_key = key
+        return pki
+
     def issue(self, stem: str, common_name: str, organizations: tuple[str, ...] = (), server: bool = False,
-              ips: tuple[str, ...] = (), dns: tuple[str, ...] = ()) -> tuple[Path, Path]:
-        """Writes ``<stem>.crt`` and ``<stem>.key``; returns their paths."""
+              ips: tuple[str, ...] = (), dns: tuple[str, ...] = (), out_dir: Optional[Path] = None
+              ) -> tuple[Path, Path]:
+        """Writes ``<stem>.crt`` and ``<stem>.key`` (into ``out_dir``, default the CA's directory); returns their
+        paths."""
         key = _key()
         now = datetime.datetime.now(datetime.timezone.utc)
         usage = [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -75,7 +90,8 @@ class Pki:
         if alt_names:
             builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         cert = builder.sign(self.ca_key, hashes.SHA256())
-        cert_path, key_path = self.dir / f"{stem}.crt", self.dir / f"{stem}.key"
+        where = out_dir or self.dir
+        cert_path, key_path = where / f"{stem}.crt", where / f"{stem}.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key, key_path)
         return cert_path, key_path

@@ -23,6 +23,7 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._apply import (
     instance_selector,
     namespace_manifest,
     needs_privileged_pods,
+    not_written_entries,
     object_diff,
     place_object,
     plan_action,
@@ -30,9 +31,11 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._apply import (
     referenced_secrets,
     resolve_instance,
     validate_object_shapes,
+    write_report,
 )
 from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import Cluster, ResourceInfo
 from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
+    ClusterError,
     ConflictError,
     MissingSecretError,
     NotFoundError,
@@ -860,3 +863,138 @@ def test_absent_waits_for_the_pods_before_deleting_the_rbac() -> None:
         "delete Service",
         "delete ServiceAccount",
     }
+
+
+# --- a run that fails part-way: what was written and what was not --------------------------------------------------
+
+
+class FailingServer(FakeApiServer):
+    """Fails the real (not dry-run) write of one kind, as the API server's retries ran out."""
+
+    def __init__(self, kind: str, verb: str = "apply", outcome_unknown: bool = False) -> None:
+        super().__init__()
+        self.fail_kind, self.fail_verb, self.outcome_unknown = kind, verb, outcome_unknown
+
+    def _fail(self, info: ResourceInfo, verb: str, name: str) -> None:
+        if info.kind == self.fail_kind and verb == self.fail_verb:
+            raise ClusterError(f"cannot {verb} {info.kind} {name}: HTTP 500", outcome_unknown=self.outcome_unknown)
+
+    def apply(self, info: ResourceInfo, obj: dict[str, Any], dry_run: bool, force: bool) -> dict[str, Any]:
+        if not dry_run:
+            self._fail(info, "apply", obj["metadata"]["name"])
+        return super().apply(info, obj, dry_run, force)
+
+    def delete(self, info: ResourceInfo, name: str, namespace: Optional[str], dry_run: bool) -> bool:
+        if not dry_run:
+            self._fail(info, "delete", name)
+        return super().delete(info, name, namespace, dry_run)
+
+
+class TestPartialFailure:
+    def test_a_failed_write_reports_what_was_written_and_what_was_not(self) -> None:
+        server = FailingServer("ConfigMap")
+        server.put(namespace_obj(None))
+        run = applier(server)
+        with pytest.raises(ClusterError) as raised:
+            run.present(rendered(), INSTANCE, create_namespace=False)
+        assert [(e["kind"], e["action"]) for e in run.objects] == [("ServiceAccount", "created"),
+                                                                   ("ClusterRole", "created")]
+        ending, not_written = run.failure_report(raised.value)
+        assert [(e["kind"], e["action"], e["maybe_done"]) for e in not_written] == [
+            ("ConfigMap", "created", False), ("DaemonSet", "created", False)]
+        assert not_written[0]["error"] == "cannot apply ConfigMap imgs: HTTP 500" and not_written[1]["error"] is None
+        assert ending == (
+            "written: ServiceAccount prefetch/imgs (created), ClusterRole imgs-node-labeler (created); "
+            "not written: ConfigMap prefetch/imgs (to be created), DaemonSet prefetch/imgs (to be created); "
+            "run the task again to finish: it writes only what is missing or differs"
+        )
+
+    def test_a_rerun_writes_only_what_was_missing(self) -> None:
+        server = FailingServer("ConfigMap")
+        server.put(namespace_obj(None))
+        with pytest.raises(ClusterError):
+            applier(server).present(rendered(), INSTANCE, create_namespace=False)
+        server.fail_kind = ""
+        server.writes.clear()
+        again = applier(server)
+        again.present(rendered(), INSTANCE, create_namespace=False)
+        assert server.writes == [("apply", "ConfigMap", "imgs"), ("apply", "DaemonSet", "imgs")]
+        assert [e["action"] for e in again.objects] == ["unchanged", "unchanged", "created", "created"]
+
+    def test_unchanged_objects_are_not_reported_as_missing(self) -> None:
+        server = FailingServer("DaemonSet")
+        server.put(namespace_obj(None))
+        first = applier(server)
+        with pytest.raises(ClusterError):
+            first.present(rendered(), INSTANCE, create_namespace=False)
+        changed = rendered(images="r/b:v2\n")
+        second = applier(server)
+        with pytest.raises(ClusterError) as raised:
+            second.present(changed, INSTANCE, create_namespace=False)
+        _ending, not_written = second.failure_report(raised.value)
+        assert [(e["kind"], e["action"]) for e in second.objects] == [
+            ("ServiceAccount", "unchanged"), ("ClusterRole", "unchanged"), ("ConfigMap", "updated")]
+        assert [(e["kind"], e["action"]) for e in not_written] == [("DaemonSet", "created")]
+
+    def test_a_write_that_may_have_happened_says_so(self) -> None:
+        server = FailingServer("DaemonSet", outcome_unknown=True)
+        server.put(namespace_obj(None))
+        run = applier(server)
+        with pytest.raises(ClusterError) as raised:
+            run.present(rendered(), INSTANCE, create_namespace=False)
+        ending, not_written = run.failure_report(raised.value)
+        assert not_written[0]["maybe_done"] is True
+        assert ("not written: DaemonSet prefetch/imgs (to be created, maybe created all the same: the request may "
+                "have reached the server)") in ending
+
+    def test_a_failed_prune_names_the_objects_left(self) -> None:
+        server = FailingServer("Service", verb="delete")
+        server.put(namespace_obj(None))
+        applier(server).present(real_render(collect_metrics=True), INSTANCE, create_namespace=False)
+        run = applier(server)
+        with pytest.raises(ClusterError) as raised:
+            run.present(real_render(), INSTANCE, create_namespace=False)
+        ending, not_written = run.failure_report(raised.value)
+        assert [(e["kind"], e["name"], e["action"]) for e in not_written] == [
+            ("Service", "imgs-metrics", "deleted"), ("NetworkPolicy", "imgs-metrics", "deleted")]
+        # The DaemonSet no longer sends metrics (updated), the Deployment went first, the Service failed.
+        assert ending.startswith("written: DaemonSet prefetch/imgs (updated), Deployment prefetch/imgs-metrics "
+                                 "(deleted); not written: Service prefetch/imgs-metrics (to be deleted), "
+                                 "NetworkPolicy prefetch/imgs-metrics (to be deleted); run the task again")
+
+    def test_a_failure_before_the_first_write_wrote_nothing(self) -> None:
+        server = FakeApiServer()  # no namespace: the check fails before any write
+        run = applier(server)
+        with pytest.raises(ValidationError) as raised:
+            run.present(rendered(), INSTANCE, create_namespace=False)
+        assert run.failure_report(raised.value) == ("", [])  # every check comes before the first write
+
+    def test_check_mode_never_writes(self) -> None:
+        server = FailingServer("ConfigMap")
+        server.put(namespace_obj(None))
+        run = applier(server, check_mode=True)
+        run.present(rendered(), INSTANCE, create_namespace=False)
+        assert run.failure_report(ClusterError("x")) == ("", [])
+
+    def test_absent_reports_the_deletes_left(self) -> None:
+        server = FailingServer("ConfigMap", verb="delete")
+        server.put(namespace_obj(None))
+        applier(server).present(rendered(), INSTANCE, create_namespace=False)
+        run = applier(server)
+        with pytest.raises(ClusterError) as raised:
+            run.absent(INSTANCE, [], remove_node_labels=False)
+        _ending, not_written = run.failure_report(raised.value)
+        assert [e["kind"] for e in run.objects] == ["DaemonSet"]
+        assert [e["kind"] for e in not_written] == ["ConfigMap", "ClusterRole", "ServiceAccount"]
+
+
+def test_a_failure_on_the_first_write_says_nothing_was_written() -> None:
+    pending = [{"kind": "ConfigMap", "name": "c", "namespace": "p", "action": "created"}]
+    report = write_report([], not_written_entries(pending, "boom", False), check_mode=False)
+    assert report.startswith("nothing was written; not written: ConfigMap p/c (to be created); run the task again")
+
+
+def test_write_report_lists_at_most_twelve_objects() -> None:
+    entries = [{"kind": "ConfigMap", "name": f"c{i}", "namespace": "p", "action": "created"} for i in range(15)]
+    report = write_report(entries, [], check_mode=False)
+    assert report.startswith("written: ConfigMap p/c0 (created), ") and " and 3 more" in report

@@ -585,7 +585,8 @@ INFOS = {
 
 
 class ScriptedCluster:
-    """Lists return the given items; each watch call hands out the next scripted batch of events (or raises)."""
+    """Lists return the given items; each watch call hands out the next scripted batch of events (or raises, at
+    once or after some events)."""
 
     def __init__(self, lists: dict[str, list[dict[str, Any]]], watches: dict[str, list[Any]]) -> None:
         self.lists = lists
@@ -627,7 +628,10 @@ class ScriptedCluster:
             step = batch.pop(0) if batch else []
         if isinstance(step, Exception):
             raise step
-        yield from step
+        for item in step:  # an exception inside a batch: the stream breaks after the events before it
+            if isinstance(item, Exception):
+                raise item
+            yield item
 
 
 def with_version(event_type: str, obj: dict[str, Any], version: str) -> dict[str, Any]:
