@@ -12,6 +12,7 @@ from pathlib import Path
 
 from e2e.support import REPO, Cluster
 from infra._util import wait_until
+from kube.cluster import INOTIFY_LIMITS, ensure_inotify_limits
 
 
 def _leftovers(netns: str, directory: Path) -> list[str]:
@@ -61,3 +62,11 @@ def test_sigint_stops_everything_and_leaves_nothing(cluster: Cluster, tmp_path: 
                 proc.wait()
     assert proc.returncode == 0
     assert _leftovers(info["netns"], directory) == []
+
+
+def test_inotify_limits_are_raised_never_lowered(tmp_path: Path) -> None:
+    (tmp_path / "max_user_instances").write_text("128\n")
+    (tmp_path / "max_user_watches").write_text("9999999\n")
+    ensure_inotify_limits(tmp_path)
+    assert int((tmp_path / "max_user_instances").read_text()) == INOTIFY_LIMITS["max_user_instances"]
+    assert (tmp_path / "max_user_watches").read_text() == "9999999\n"

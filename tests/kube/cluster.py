@@ -98,6 +98,28 @@ def build_pause_binary(out: Path) -> Path:
     return out
 
 
+# Each kubelet takes several inotify instances (cAdvisor, the certificate and config watchers), containerd some more;
+# the kernel's default of 128 per user is used up by about five nodes (two clusters at once) and the next kubelet
+# exits with "Failed to start cAdvisor" err="inotify_init: too many open files". kind documents the same limits.
+INOTIFY_LIMITS = {"max_user_instances": 8192, "max_user_watches": 524288}
+
+
+def ensure_inotify_limits(sysctl_dir: Path = Path("/proc/sys/fs/inotify")) -> None:
+    """Raises the inotify limits to ``INOTIFY_LIMITS`` where they are lower (never lowers one); a limit that
+    cannot be raised fails the start with the reason instead of a kubelet dying later."""
+    for name, wanted in INOTIFY_LIMITS.items():
+        path = sysctl_dir / name
+        current = int(path.read_text())
+        if current >= wanted:
+            continue
+        try:
+            path.write_text(f"{wanted}\n")
+        except OSError as e:
+            raise RuntimeError(f"fs.inotify.{name} is {current}; the kubelets need {wanted} and it cannot be "
+                               f"raised here ({e}): run `sysctl -w fs.inotify.{name}={wanted}` as root") from e
+        log.info("raised fs.inotify.%s from %d to %d (the kubelets need it)", name, current, wanted)
+
+
 def kube_version() -> str:
     return os.environ.get("KUBE_VERSION", "v1.34.4")
 
@@ -377,6 +399,7 @@ class KubeCluster:
     def _start(self) -> None:
         started = time.monotonic()
         self.bin_dir = build_binaries()
+        ensure_inotify_limits()
         total = self.node_count + self.spare_count
         addresses = [API_IP, MIRROR_IP, DNS_IP, SERVICE_IP, *(node_ip(i) for i in range(1, total + 1))]
         netns.delete(self.netns_name)  # a leftover of a killed run with the same pid
