@@ -55,7 +55,7 @@ PY
 
 log "running pytest tests/e2e"
 E2E_CLUSTER_DIR="$work/cluster" E2E_COLLECTIONS_PATH="$work/collections" PYTHONPATH=tests \
-  "$py" -m pytest -p no:cacheprovider -q --basetemp "$work/pytest" tests/e2e "$@" &
+  "$py" -m pytest -p no:cacheprovider -q --durations=20 --basetemp "$work/pytest" tests/e2e "$@" &
 test_pid=$!
 set +e
 wait "$test_pid"
