@@ -119,8 +119,8 @@ log "compiling ${targets[*]##*/} (go build -p $(nproc); a line a minute until it
   "${pkgs[@]}" 2>&1 | quiet_go)
 kill "$ticker" 2>/dev/null || true
 "$out/bin/kube-apiserver" --version >&2
-"$out/bin/etcd" --version | head -1 >&2
-"$out/bin/coredns" -version | head -1 >&2
+"$out/bin/etcd" --version | sed -n 1p >&2  # sed reads it all: head would SIGPIPE etcd, and pipefail end the build
+"$out/bin/coredns" -version | sed -n 1p >&2
 printf '%s\n' "$KUBE_VERSION" "etcd $ETCD_VERSION" "coredns $COREDNS_VERSION" "built in $(( $(date +%s) - started ))s" >"$stamp"
 log "done in $(( $(date +%s) - started ))s: $out/bin"
 # Builds of other inputs (an older script, another version) are not used any more: ~0.5 GiB each.
