@@ -9,6 +9,7 @@ import contextlib
 import copy
 import itertools
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from types import TracebackType
@@ -36,7 +37,7 @@ RuleT = TypeVar("RuleT", bound=_Counted)
 RecordT = TypeVar("RecordT")
 
 
-class ProxyBase(Generic[RuleT, RecordT]):
+class ProxyBase(ABC, Generic[RuleT, RecordT]):
     """Subclasses implement ``_start_servers`` and ``_shutdown`` (on the loop) and ``_thread_name``."""
 
     def __init__(self) -> None:
@@ -91,15 +92,17 @@ class ProxyBase(Generic[RuleT, RecordT]):
         return record
 
     # ---- the loop ----------------------------------------------------------------------------------
+    @abstractmethod
     def _thread_name(self) -> str:
-        raise NotImplementedError
+        """The name of the thread that runs the proxy's loop."""
 
+    @abstractmethod
     async def _start_servers(self) -> None:
-        raise NotImplementedError
+        """Opens the listeners (on the proxy's loop)."""
 
+    @abstractmethod
     async def _shutdown(self) -> None:
         """Closes the listeners and every connection at once."""
-        raise NotImplementedError
 
     def _in_loop(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         """Runs ``coroutine`` on the proxy's loop and waits for it (at most 10 s)."""
