@@ -4,16 +4,27 @@
 : "${top:?lib-cluster.sh needs \$top}"
 
 # The agent image (build/image/prefetch-agent.oci.tar), built by scripts/image.sh unless it is newer than every
-# file it is built from: the kubelets pull it from the cluster's registry as a user's cluster pulls it.
-ensure_agent_image() {
+# file it is built from (the agent, its protos, the Dockerfile and the build script itself): the kubelets pull it
+# from the cluster's registry as a user's cluster pulls it; test-image tests that archive.
+agent_image_fresh() {
   local archive="$top/build/image/prefetch-agent.oci.tar"
-  if [ -f "$archive" ] && [ -z "$(find "$top/agent" "$top/protos" "$top/Dockerfile" -newer "$archive" -type f \
-        -not -path '*/__pycache__/*' -not -path '*.egg-info*' -not -path '*/build/*' -print -quit)" ]; then
-    log "agent image up to date: $archive"
+  [ -f "$archive" ] && [ -z "$(find "$top/agent" "$top/protos" "$top/Dockerfile" "$top/scripts/image.sh" \
+        "$top/tests/agent_image/build.py" -newer "$archive" -type f \
+        -not -path '*/__pycache__/*' -not -path '*.egg-info*' -not -path '*/build/*' -print -quit)" ]
+}
+ensure_agent_image() {
+  if agent_image_fresh; then
+    log "agent image up to date: $top/build/image/prefetch-agent.oci.tar"
     return 0
   fi
-  log "building the agent image (scripts/image.sh)"
-  bash "$top/scripts/image.sh"
+  mkdir -p "$top/build/image"
+  # One build at a time (make test's two lanes both need the image): the second waits, then finds it fresh.
+  (
+    flock 9
+    agent_image_fresh && exit 0
+    log "building the agent image (scripts/image.sh)"
+    bash "$top/scripts/image.sh"
+  ) 9>"$top/build/image/.build.lock"
 }
 
 # start_cluster DIR NAME NODES: `python -m kube up` in the background (its own session, so a Ctrl-C reaches only
@@ -21,7 +32,11 @@ ensure_agent_image() {
 start_cluster() {
   local dir=$1 name=$2 nodes=$3
   log "Kubernetes binaries (tests/kube/build.sh; the first run builds them)"
-  bash "$top/tests/kube/build.sh" >/dev/null
+  # One build at a time per cache (make test's two lanes, a developer's demo beside CI): the second waits for the
+  # first, then finds its result.
+  local cache=${STACKROX_PREFETCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stackrox-prefetch}
+  mkdir -p "$cache"
+  ( flock 9; bash "$top/tests/kube/build.sh" >/dev/null ) 9>"$cache/.kube-build.lock"
   log "starting a $nodes-node Kubernetes cluster in $dir"
   mkdir -p "$dir"
   PYTHONPATH="$top/tests" setsid "$top/.venv/bin/python" -m kube up --dir "$dir" --nodes "$nodes" --name "$name" \
