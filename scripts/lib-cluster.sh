@@ -32,11 +32,7 @@ ensure_agent_image() {
 start_cluster() {
   local dir=$1 name=$2 nodes=$3
   log "Kubernetes binaries (tests/kube/build.sh; the first run builds them)"
-  # One build at a time per cache (make test's two lanes, a developer's demo beside CI): the second waits for the
-  # first, then finds its result.
-  local cache=${STACKROX_PREFETCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stackrox-prefetch}
-  mkdir -p "$cache"
-  ( flock 9; bash "$top/tests/kube/build.sh" >/dev/null ) 9>"$cache/.kube-build.lock"
+  bash "$top/tests/kube/build.sh" >/dev/null
   log "starting a $nodes-node Kubernetes cluster in $dir"
   mkdir -p "$dir"
   PYTHONPATH="$top/tests" setsid "$top/.venv/bin/python" -m kube up --dir "$dir" --nodes "$nodes" --name "$name" \

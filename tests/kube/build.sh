@@ -33,6 +33,15 @@ if [ -f "$stamp" ]; then
   echo "$out/bin"
   exit 0
 fi
+# One build at a time per cache (make test's two lanes, the e2e tests' extra clusters, a developer's demo beside
+# CI): a second caller waits here, then finds the first one's result.
+mkdir -p "$cache_root/kube"
+exec 8>"$cache_root/kube/.build.lock"
+flock 8
+if [ -f "$stamp" ]; then
+  echo "$out/bin"
+  exit 0
+fi
 
 log "building Kubernetes $KUBE_VERSION and etcd from their Go modules into $out"
 log "a cold build takes about 7-15 minutes on 2 cores, ~1 GiB of module cache and ~3.5 GiB of Go build cache;"
