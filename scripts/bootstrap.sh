@@ -8,7 +8,7 @@ log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 # --- Debian packages (one list; add what you need here) -------------------------------------------
 APT_PACKAGES=(
-  containerd runc docker-registry          # CRI nodes and the test registry
+  containerd runc conmon docker-registry   # CRI nodes (conmon: CRI-O's, built by tests/runtimes) and the test registry
   python3 python3-venv python3-grpcio python3-protobuf python3-yaml python3-pytest  # Debian-runtime compat tests
   shellcheck openssl util-linux iproute2 ca-certificates
   mmdebstrap buildah skopeo uidmap fuse-overlayfs  # agent image build without a public registry

@@ -61,6 +61,16 @@ class CriClient:
         response: Any = self.images.PullImage(request, timeout=timeout_s)
         return str(response.image_ref)
 
+    def remove_image(self, ref: str, timeout_s: float = 30) -> None:
+        """CRI RemoveImage. The agent's protos leave it out (the agent never removes anything); its request has
+        the wire shape of ImageStatusRequest (field 1: ImageSpec) and its response is empty, so those stand in."""
+        call = self.channel.unary_unary(
+            "/runtime.v1.ImageService/RemoveImage",
+            request_serializer=cri_pb2.ImageStatusRequest.SerializeToString,
+            response_deserializer=lambda data: data,
+        )
+        call(cri_pb2.ImageStatusRequest(image=cri_pb2.ImageSpec(image=ref)), timeout=timeout_s)
+
     def list_images(self, timeout_s: float = 10) -> list[ImageInfo]:
         response: Any = self.images.ListImages(cri_pb2.ListImagesRequest(), timeout=timeout_s)
         return [ImageInfo(i.id, list(i.repo_tags), list(i.repo_digests), int(i.size)) for i in response.images]

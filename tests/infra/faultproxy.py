@@ -5,6 +5,10 @@ It sits between containerd (or any registry client) and a registry. Bodies are s
 against every request (method + regex on the path without its query); the first rule still having ``times`` left
 (or a ``then`` action for after them) decides what happens to that request. A second listener (``control_url``)
 lets other processes read and change the rules over HTTP (see ``ProxyClient``).
+
+It also serves as a client's forward proxy (``HTTP_PROXY``: absolute-form request targets, sent upstream in origin
+form; CONNECT is refused with 405), which is how CRI-O nodes reach it (``infra.crio``), and it answers a TLS
+ClientHello with a 400 at once, as a plain-HTTP Go server does.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from infra._proxybase import ProxyBase, RecordBase
 ACTIONS = frozenset(
     {"stall_accept", "stall_headers", "stall_mid_body", "close_mid_body", "close_no_body", "status", "slow", "hold"}
 )
+# How a client words a refused pull after a ``status=401`` rule: containerd quotes the status line ("401
+# Unauthorized"), CRI-O (containers/image) the body's error message ("fault proxy answered 401").
+PROXY_401 = re.compile(r"401 Unauthorized|fault proxy answered 401")
 _READ_SIZE = 64 << 10
 _HEAD_LIMIT = 64 << 10
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -162,9 +169,13 @@ class _ClientGone(Exception):
     """The downstream client closed its connection."""
 
 
-async def _read_head(reader: asyncio.StreamReader) -> Optional[_Head]:
+_TLS_HANDSHAKE = 0x16  # the first byte of a TLS record carrying a ClientHello
+
+
+async def _read_head(reader: asyncio.StreamReader, first: bytes = b"") -> Optional[_Head]:
+    """The next request or response head; ``first``: bytes of it the caller already read."""
     try:
-        raw = await reader.readuntil(b"\r\n\r\n")
+        raw = first + await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError:
         return None
     except asyncio.LimitOverrunError as exc:
@@ -301,11 +312,18 @@ class FaultProxy(ProxyBase[Rule, RequestRecord]):
             self._record(RequestRecord("", "", "", "stall_accept", conn_id, time.time()))
             await self._hold(reader)
             return
+        first = await reader.read(1)
+        if not first:
+            return
+        if first[0] == _TLS_HANDSHAKE:
+            await self._refuse_tls(conn_id, writer)
+            return
         bucket: Optional[_TokenBucket] = None
         upstream: list[Optional[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = [None]
         try:
             while True:
-                head = await _read_head(reader)
+                head = await _read_head(reader, first)
+                first = b""
                 if head is None:
                     return
                 # re-read per request: configure() also applies to kept-alive connections
@@ -317,12 +335,28 @@ class FaultProxy(ProxyBase[Rule, RequestRecord]):
             if upstream[0] is not None:
                 upstream[0][1].transport.abort()
 
+    async def _refuse_tls(self, conn_id: int, writer: asyncio.StreamWriter) -> None:
+        """A TLS ClientHello on this plain-HTTP port: a 400 at once, as Go's net/http answers (it reads the
+        hello as a malformed request line). Clients that try https first for an insecure registry
+        (containers/image, i.e. CRI-O, podman, skopeo) then fall back to http at once; waiting for a header block
+        that never comes would cost every pull their 10 s TLS handshake timeout instead."""
+        self._record(RequestRecord("", "", "", "tls_refused", conn_id, time.time(), status=400))
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+
     async def _serve_request(
         self, conn_id: int, head: _Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         upstream: list[Optional[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
         bucket: Optional[_TokenBucket],
     ) -> bool:
-        method, target, _version = ([*head.start_line.split(" ", 2), "", ""])[:3]
+        method, target, version = ([*head.start_line.split(" ", 2), "", ""])[:3]
+        if method.upper() == "CONNECT":  # used as a forward proxy (HTTP_PROXY) for https: not offered
+            self._record(RequestRecord(method, target, "", "connect_refused", conn_id, time.time(), status=405))
+            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            return False
+        target = _origin_form(target)
+        head = _Head(f"{method} {target} {version}", head.headers)
         path, _, query = target.partition("?")
         rule = self._match(method, path, at_accept=False)
         action = rule.action if rule else "pass"
@@ -476,6 +510,16 @@ class FaultProxy(ProxyBase[Rule, RequestRecord]):
             self._release = asyncio.Event()
             return 200, {}
         return 404, {"error": f"no route {method} {path}"}
+
+
+def _origin_form(target: str) -> str:
+    """``http://registry.test:5000/v2/x?y`` (a client using the proxy as HTTP_PROXY) -> ``/v2/x?y``; the Host
+    header already names the registry, and every request goes to the one upstream."""
+    match = re.match(r"(?i)https?://[^/?]*", target)
+    if match is None:
+        return target
+    rest = target[match.end():]
+    return rest if rest.startswith("/") else "/" + rest
 
 
 # ---- body framing and copying -------------------------------------------------------------------------

@@ -54,6 +54,9 @@ _UNAUTHORIZED = re.compile(
     r"\b40[13]\b|unauthori[sz]ed|forbidden|authorization failed|authentication required|access[^.]{0,40}denied",
     re.IGNORECASE,
 )
+# CRI-O answers a missing image with code Unknown and the registry's words (containerd says NotFound):
+# `reading manifest v1 in registry.test:5000/it/missing: manifest unknown` (CRI-O 1.34, containers/image 5.35).
+_NOT_FOUND = re.compile(r"manifest unknown|name unknown|repository name not known to registry", re.IGNORECASE)
 _UNREACHABLE = re.compile(r"connection refused|no such host|connection reset|unexpected EOF|broken pipe", re.IGNORECASE)
 
 
@@ -95,6 +98,8 @@ def classify(code: str, details: str) -> ErrorClass:
         return ErrorClass.NOT_FOUND
     if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or _UNAUTHORIZED.search(details):
         return ErrorClass.UNAUTHORIZED
+    if _NOT_FOUND.search(details):
+        return ErrorClass.NOT_FOUND
     if code == "DEADLINE_EXCEEDED":
         return ErrorClass.TIMEOUT
     if code == "CANCELLED":

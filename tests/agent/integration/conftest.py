@@ -1,8 +1,13 @@
-"""Fixtures for the agent's integration tests: a real containerd per test, Debian's registry, the fault proxy."""
+"""Fixtures for the agent's integration tests: a real runtime per test (each test runs once per runtime of
+``PREFETCH_RUNTIMES``, default containerd 1.6, containerd 2.x and CRI-O: ``infra.runtime``), Debian's registry, the
+fault proxy. ``PREFETCH_ERROR_LOG=FILE`` appends every pull error the agents logged (test, runtime, image, gRPC code
+and text) as JSON lines: the evidence behind docs/runtimes.md's table (``tests/runtimes/error_table.py``)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -13,10 +18,10 @@ import pytest
 
 from infra.agentrun import TEST_REGISTRY_NAME as REGISTRY_NAME
 from infra.agentrun import AgentProcess, AgentRun
-from infra.containerd import ContainerdNode
 from infra.faultproxy import FaultProxy
 from infra.images import TestImage, build_test_image, push_image
 from infra.registry import Registry
+from infra.runtime import RuntimeNode, make_node, selected_runtimes
 
 CREDENTIALS = ("prefetch-user", "s3cret-Pa55word-never-logged")
 
@@ -72,14 +77,39 @@ def proxy(registry: Registry) -> Iterator[FaultProxy]:
         yield px
 
 
-@pytest.fixture
-def node(testdir: Path, proxy: FaultProxy) -> Iterator[ContainerdNode]:
-    with ContainerdNode(testdir, registries={REGISTRY_NAME: proxy.host}) as cd:
-        yield cd
+@pytest.fixture(params=selected_runtimes())
+def runtime(request: pytest.FixtureRequest) -> str:
+    """The runtime under test: every test that uses a node runs once per selected runtime."""
+    name: str = request.param
+    return name
 
 
 @pytest.fixture
-def start_agent(testdir: Path) -> Iterator[Any]:
+def node(testdir: Path, proxy: FaultProxy, runtime: str) -> Iterator[RuntimeNode]:
+    with make_node(runtime, testdir, registries={REGISTRY_NAME: proxy.host}) as started:
+        yield started
+
+
+_PULL_ERROR = re.compile(r'msg="image failed to pull" image=(\S+) .*?error="((?:[^"\\]|\\.)*)"')
+_RPC_ERROR = re.compile(r"rpc error: code = (\w+) desc = (.*)", re.DOTALL)
+
+
+def record_pull_errors(stderr: str, test: str, runtime: Optional[str]) -> None:
+    """Appends the pull errors in an agent's stderr to $PREFETCH_ERROR_LOG (when set) as JSON lines."""
+    target = os.environ.get("PREFETCH_ERROR_LOG")
+    if not target:
+        return
+    with open(target, "a", encoding="utf-8") as out:
+        for image, quoted in _PULL_ERROR.findall(stderr):
+            text = quoted.replace('\\"', '"').replace("\\\\", "\\")
+            parsed = _RPC_ERROR.match(text)
+            code, detail = parsed.groups() if parsed else ("", text)
+            out.write(json.dumps({"test": test, "runtime": runtime, "image": image, "code": code,
+                                  "text": detail}) + "\n")
+
+
+@pytest.fixture
+def start_agent(testdir: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     started: list[AgentProcess] = []
 
     def start(socket: Path | str, images: Sequence[str], *flags: str,
@@ -89,8 +119,10 @@ def start_agent(testdir: Path) -> Iterator[Any]:
         return agent
 
     yield start
+    runtime = request.node.callspec.params.get("runtime") if hasattr(request.node, "callspec") else None
     for agent in started:
         agent.kill()
+        record_pull_errors(agent.err_path.read_text(errors="replace"), request.node.originalname, runtime)
 
 
 @pytest.fixture

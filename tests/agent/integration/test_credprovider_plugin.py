@@ -12,9 +12,9 @@ import pytest
 
 from infra.agentrun import TEST_REGISTRY_NAME as REGISTRY_NAME
 from infra.agentrun import image_ref as ref
-from infra.containerd import ContainerdNode
 from infra.images import build_test_image, push_image
 from infra.registry import Registry
+from infra.runtime import RuntimeNode, make_node
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,8 +32,8 @@ def private_registry(auth_registry: Registry, credentials: tuple[str, str]) -> R
 
 
 @pytest.fixture
-def auth_node(testdir: Path, private_registry: Registry) -> Iterator[ContainerdNode]:
-    with ContainerdNode(testdir, registries={REGISTRY_NAME: private_registry.host}) as node:
+def auth_node(testdir: Path, private_registry: Registry, runtime: str) -> Iterator[RuntimeNode]:
+    with make_node(runtime, testdir, registries={REGISTRY_NAME: private_registry.host}) as node:
         yield node
 
 
@@ -77,7 +77,7 @@ def execs(exec_log: Path) -> list[dict[str, Any]]:
 
 
 def test_pulls_succeed_only_through_the_plugin_with_one_exec_per_registry(
-    auth_node: ContainerdNode, testdir: Path, run_agent: Any, credentials: tuple[str, str]
+    auth_node: RuntimeNode, testdir: Path, run_agent: Any, credentials: tuple[str, str]
 ) -> None:
     config, exec_log = write_config(testdir, credentials)
     result = run_agent(auth_node.socket, PRIVATE, *plugin_flags(config), "--overall-timeout=120s", timeout_s=150)
@@ -92,7 +92,7 @@ def test_pulls_succeed_only_through_the_plugin_with_one_exec_per_registry(
 
 
 def test_image_cache_key_type_execs_once_per_image(
-    auth_node: ContainerdNode, testdir: Path, run_agent: Any, credentials: tuple[str, str]
+    auth_node: RuntimeNode, testdir: Path, run_agent: Any, credentials: tuple[str, str]
 ) -> None:
     config, exec_log = write_config(testdir, credentials, CACHE_KEY_TYPE="Image")
     result = run_agent(auth_node.socket, PRIVATE, *plugin_flags(config), "--overall-timeout=120s", timeout_s=150)
@@ -101,7 +101,7 @@ def test_image_cache_key_type_execs_once_per_image(
 
 
 def test_without_the_plugin_the_registry_refuses(
-    auth_node: ContainerdNode, testdir: Path, run_agent: Any, credentials: tuple[str, str]
+    auth_node: RuntimeNode, testdir: Path, run_agent: Any, credentials: tuple[str, str]
 ) -> None:
     """The plugin fails: a WARN, the image is pulled anonymously and refused; the run still ends normally (exit 0)."""
     config, exec_log = write_config(testdir, credentials, FAIL_WITH="metadata server unreachable")
@@ -123,7 +123,7 @@ def test_without_the_plugin_the_registry_refuses(
 
 
 def test_a_missing_plugin_binary_is_fatal_at_start(
-    auth_node: ContainerdNode, testdir: Path, run_agent: Any, credentials: tuple[str, str]
+    auth_node: RuntimeNode, testdir: Path, run_agent: Any, credentials: tuple[str, str]
 ) -> None:
     config, _ = write_config(testdir, credentials)
     empty = testdir / "empty-bin"
@@ -148,7 +148,7 @@ def test_a_missing_plugin_binary_is_fatal_at_start(
 
 
 def test_plugin_credentials_are_tried_before_the_pull_secrets(
-    auth_node: ContainerdNode, testdir: Path, run_agent: Any, credentials: tuple[str, str]
+    auth_node: RuntimeNode, testdir: Path, run_agent: Any, credentials: tuple[str, str]
 ) -> None:
     """A pull secret with a wrong password for the same registry: the plugin's (right) login is tried first."""
     config, exec_log = write_config(testdir, credentials)

@@ -1,4 +1,5 @@
-"""`image-prefetcher fetch` against a real containerd and Debian's registry, with the fault proxy in between.
+"""`image-prefetcher fetch` against a real runtime (each of ``infra.runtime.RUNTIMES``) and Debian's registry, with
+the fault proxy in between.
 
 Each test asserts the outcome (exit code, termination summary, images present), the attempts (summary and/or the
 proxy's request records) and that the run ends within its bound. Timeouts are short so the suite stays quick, but
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -23,10 +25,10 @@ from infra._util import free_port, wait_until
 from infra.agentrun import TEST_REGISTRY_NAME as REGISTRY_NAME
 from infra.agentrun import AgentRun
 from infra.agentrun import image_ref as ref
-from infra.containerd import ContainerdNode
-from infra.faultproxy import FaultProxy, Rule
+from infra.faultproxy import PROXY_401, FaultProxy, Rule
 from infra.images import TestImage
 from infra.registry import Registry
+from infra.runtime import RuntimeNode, make_node
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,7 +85,7 @@ def write_docker_config(path: Path, registry: str, user: str, password: str) -> 
 
 # ---- success --------------------------------------------------------------------------------------------
 def test_pulls_several_images_once_each(
-        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage], run_agent: Callable[..., AgentRun],
+        node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage], run_agent: Callable[..., AgentRun],
         testdir: Path) -> None:
     listed = testdir / "images.txt"
     listed.write_text(f"# images\n{ref('it/alpha')}\n\n{ref('it/beta')}\n")
@@ -96,7 +98,10 @@ def test_pulls_several_images_once_each(
         1, True, 3, 0, 0), run.describe()
     assert summary["attempts"] == 3, "duplicate entries are one image, pulled once"
     assert summary["node"] == "it-node"
-    assert summary["bytes"] == sum(image.size for image in images.values())
+    # The size the runtime reports: containerd's is the registry's (compressed) size, CRI-O's its storage's.
+    assert summary["bytes"] == sum(node.image_size(ref(f"it/{name}")) or 0 for name in images)
+    if node.runtime.startswith("containerd"):
+        assert summary["bytes"] == sum(image.size for image in images.values())
     for name in images:
         assert node.image_present(ref(f"it/{name}"))
         blob_gets = [r for r in requests_to(proxy, f"it/{name}") if r.method == "GET" and "/blobs/" in r.path]
@@ -106,7 +111,7 @@ def test_pulls_several_images_once_each(
 
 # ---- stalls -----------------------------------------------------------------------------------------------
 def test_stall_at_accept_costs_one_attempt(
-        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage],
         run_agent: Callable[..., AgentRun]) -> None:
     proxy.add_rule(Rule(action="stall_accept", times=1))
     image = ref("it/alpha")
@@ -121,7 +126,7 @@ def test_stall_at_accept_costs_one_attempt(
 
 
 def test_stall_mid_body_recovers_on_retry(
-        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage],
         run_agent: Callable[..., AgentRun]) -> None:
     layer = images["beta"].layers[1]
     proxy.add_rule(Rule(path=f"/blobs/{layer.digest}$", action="stall_mid_body", after_bytes=100_000, times=1))
@@ -141,7 +146,7 @@ def test_stall_mid_body_recovers_on_retry(
 
 
 def test_connection_closed_mid_body_is_resumed_inside_one_attempt(
-        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage],
         run_agent: Callable[..., AgentRun]) -> None:
     layer = images["gamma"].layers[2]
     proxy.add_rule(Rule(path=f"/blobs/{layer.digest}$", action="close_mid_body", after_bytes=50_000, times=1))
@@ -156,23 +161,24 @@ def test_connection_closed_mid_body_is_resumed_inside_one_attempt(
 
 # ---- HTTP errors ------------------------------------------------------------------------------------------
 def test_http_500_then_success(
-        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage],
         run_agent: Callable[..., AgentRun]) -> None:
-    # times=2: containerd tries an HTTP error status on both of its host entries (see infra.containerd.hosts_toml)
-    proxy.add_rule(Rule(path="/manifests/", action="status", status=500, times=2))
+    # One PullImage asks for a manifest that answers 500 more than once on containerd (see status_tries)
+    tries = node.status_tries(500)
+    proxy.add_rule(Rule(path="/manifests/", action="status", status=500, times=tries))
     image = ref("it/gamma")
     run = run_agent(node.socket, [image], *STEADY, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
     assert (run.summary["ok"], run.summary["attempts"]) == (1, 2), run.describe()
     manifest_statuses = [r.status for r in proxy.requests if "/manifests/" in r.path]
-    assert manifest_statuses[:2] == [500, 500] and 200 in manifest_statuses[2:]
+    assert manifest_statuses[:tries] == [500] * tries and 200 in manifest_statuses[tries:]
     assert_ended_in_time(run, OVERALL_S + SLACK_S)
 
 
 @pytest.mark.parametrize("credential", ["none", "wrong", "right"])
 def test_unauthorized_registry(
         testdir: Path, auth_registry: Registry, run_agent: Callable[..., AgentRun], credential: str,
-        credentials: tuple[str, str]) -> None:
+        credentials: tuple[str, str], runtime: str) -> None:
     image = ref("private/app")
     # STEADY: every refused attempt ends with the registry's 401; only the overall deadline can cut the last one,
     # and then the reason is still the 401 (the cut is in test_the_reason_survives_the_overall_timeout).
@@ -184,7 +190,7 @@ def test_unauthorized_registry(
         flags.append(f"--docker-config={config}")
     overall_s = OVERALL_S if credential == "right" else 8
     with FaultProxy(upstream=auth_registry.host) as px, \
-            ContainerdNode(testdir, registries={REGISTRY_NAME: px.host}) as node:
+            make_node(runtime, testdir, registries={REGISTRY_NAME: px.host}) as node:
         run = run_agent(node.socket, [image], *flags, overall(overall_s), timeout_s=overall_s + SLACK_S + 5)
         assert run.rc == 0 and run.summary is not None, run.describe()
         if credential == "right":
@@ -200,32 +206,37 @@ def test_unauthorized_registry(
 
 
 def test_the_reason_survives_the_overall_timeout(
-        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage],
         run_agent: Callable[..., AgentRun]) -> None:
-    """Issue 10: the registry refuses the first PullImage (401 on both of containerd's host entries), then stalls;
-    the overall timeout ends the second attempt. The summary and the final log line still name the 401, with the
-    cut. Deterministic: the 401s come at once, and the stall holds until the deadline whatever the machine's speed."""
-    proxy.add_rule(Rule(path=r"/it/alpha/manifests/", action="status", status=401, times=2, then="stall_headers"))
+    """Issue 10: the registry refuses the first PullImage (401 as often as the runtime asks, see status_tries),
+    then stalls; the overall timeout ends the second attempt. The summary and the final log line still name the
+    401, with the cut. Deterministic: the 401s come at once, and the stall holds until the deadline whatever the
+    machine's speed."""
+    tries = node.status_tries(401)
+    proxy.add_rule(Rule(path=r"/it/alpha/manifests/", action="status", status=401, times=tries,
+                        then="stall_headers"))
     image, overall_s = ref("it/alpha"), 6
     run = run_agent(node.socket, [image], *STEADY, overall(overall_s), timeout_s=overall_s + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
     assert (run.summary["failed"], run.summary["complete"], attempts_of(run, image)) == (1, False, 2), run.describe()
     assert error_class(run, image) == "unauthorized", run.describe()
     reason = run.summary["errors"][image]
-    assert reason.endswith("401 Unauthorized (the overall timeout ended attempt 2)"), run.describe()
-    assert [r.action for r in requests_to(proxy, "it/alpha")] == ["status", "status", "stall_headers"]
+    cut = re.compile(f"({PROXY_401.pattern})[^(]*\\(the overall timeout ended attempt 2\\)$")
+    assert cut.search(reason), run.describe()
+    assert [r.action for r in requests_to(proxy, "it/alpha")] == ["status"] * tries + ["stall_headers"]
     final = [line for line in run.stderr.splitlines() if 'msg="not retrying any more"' in line]
-    assert len(final) == 1 and "401 Unauthorized (the overall timeout ended attempt 2)" in final[0], run.describe()
+    assert len(final) == 1 and PROXY_401.search(final[0]), run.describe()
+    assert "(the overall timeout ended attempt 2)" in final[0], run.describe()
     assert "overallTimeoutReached=true" in final[0]
     attempts = [line for line in run.stderr.splitlines() if 'msg="image failed to pull"' in line]
-    assert "401 Unauthorized" in attempts[0] and "DeadlineExceeded" in attempts[1], run.describe()
+    assert PROXY_401.search(attempts[0]) and "DeadlineExceeded" in attempts[1], run.describe()
     assert run.elapsed >= overall_s, "the stall held the second attempt until the overall deadline"
     assert_ended_in_time(run, overall_s + SLACK_S)
 
 
 # ---- not found / invalid reference / refused ----------------------------------------------------------------
 def test_not_found_is_retried_until_the_overall_timeout(
-        node: ContainerdNode, proxy: FaultProxy, registry: Registry, run_agent: Callable[..., AgentRun]) -> None:
+        node: RuntimeNode, proxy: FaultProxy, registry: Registry, run_agent: Callable[..., AgentRun]) -> None:
     image = ref("it/missing")
     run = run_agent(node.socket, [image], *STEADY, overall(6), timeout_s=6 + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
@@ -238,7 +249,7 @@ def test_not_found_is_retried_until_the_overall_timeout(
 
 
 def test_not_found_fails_at_once_with_flag(
-        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage],
         run_agent: Callable[..., AgentRun]) -> None:
     missing = ref("it/missing")
     run = run_agent(node.socket, [missing, ref("it/alpha")], *STEADY, overall(OVERALL_S), "--not-found=fail",
@@ -251,7 +262,7 @@ def test_not_found_fails_at_once_with_flag(
 
 
 def test_invalid_reference_fails_at_once(
-        node: ContainerdNode, proxy: FaultProxy, run_agent: Callable[..., AgentRun]) -> None:
+        node: RuntimeNode, proxy: FaultProxy, run_agent: Callable[..., AgentRun]) -> None:
     bad = f"{REGISTRY_NAME}/Upper/Case:v1"
     run = run_agent(node.socket, [bad], *STEADY, overall(OVERALL_S), timeout_s=OVERALL_S + SLACK_S + 5)
     assert run.rc == 0 and run.summary is not None, run.describe()
@@ -262,7 +273,7 @@ def test_invalid_reference_fails_at_once(
 
 
 def test_refused_connection_is_retried_until_the_overall_timeout(
-        node: ContainerdNode, run_agent: Callable[..., AgentRun]) -> None:
+        node: RuntimeNode, run_agent: Callable[..., AgentRun]) -> None:
     node.set_registry(REGISTRY_NAME, f"127.0.0.1:{free_port()}")  # nothing listens there
     image = ref("it/alpha")
     run = run_agent(node.socket, [image], *STEADY, overall(5), timeout_s=5 + SLACK_S + 5)
@@ -274,7 +285,7 @@ def test_refused_connection_is_retried_until_the_overall_timeout(
 
 # ---- slow links ----------------------------------------------------------------------------------------------
 def test_slow_bandwidth_escalates_the_attempt_timeout(
-        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage],
         run_agent: Callable[..., AgentRun]) -> None:
     # 256 KiB/s per connection: each ~0.7 MiB layer needs ~2.7 s, more than the first 2 s attempt; the second
     # attempt gets 4 s and finishes (even when it has to start the blobs over).
@@ -300,7 +311,7 @@ def test_slow_bandwidth_escalates_the_attempt_timeout(
 
 # ---- concurrency ------------------------------------------------------------------------------------------------
 def test_max_parallel_pulls_one_pulls_images_one_after_another(
-        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage],
         run_agent: Callable[..., AgentRun]) -> None:
     proxy.configure(latency_s=0.05)  # stretch each pull so overlaps would show
     refs = [ref(f"it/{name}") for name in images]
@@ -317,7 +328,7 @@ def test_max_parallel_pulls_one_pulls_images_one_after_another(
 
 
 def test_unlimited_parallel_pulls_overlap(
-        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage],
         start_agent: Callable[..., Any]) -> None:
     # Each image's first request (its manifest) is held at the proxy: all of them are held at once only if the
     # agent pulls them at the same time; then they are let through together. No race with the machine's speed.
@@ -335,7 +346,7 @@ def test_unlimited_parallel_pulls_overlap(
 
 # ---- containerd restart, pull policy ---------------------------------------------------------------------------
 def test_containerd_restarted_mid_run(
-        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage],
         start_agent: Callable[..., Any]) -> None:
     proxy.add_rule(Rule(path="/blobs/", action="stall_mid_body", times=1))
     image = ref("it/gamma")
@@ -352,7 +363,7 @@ def test_containerd_restarted_mid_run(
 
 
 def test_if_not_present_makes_no_registry_request_for_present_images(
-        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage],
         run_agent: Callable[..., AgentRun]) -> None:
     present, absent = ref("it/alpha"), ref("it/beta")
     with node.cri() as cri:
@@ -383,7 +394,7 @@ def test_missing_cri_socket_ends_with_one_line(testdir: Path, run_agent: Callabl
 
 
 def test_sigterm_mid_run_ends_promptly_with_partial_summary(
-        node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage],
+        node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage],
         start_agent: Callable[..., Any]) -> None:
     with node.cri() as cri:
         cri.pull_image(ref("it/alpha"), timeout_s=60)

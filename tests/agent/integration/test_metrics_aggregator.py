@@ -20,9 +20,9 @@ import pytest
 from infra._util import free_port, wait_until
 from infra.agentrun import REPO_ROOT
 from infra.agentrun import image_ref as ref
-from infra.containerd import ContainerdNode
-from infra.faultproxy import FaultProxy, Rule
+from infra.faultproxy import PROXY_401, FaultProxy, Rule
 from infra.images import TestImage
+from infra.runtime import RuntimeNode
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -101,11 +101,11 @@ def aggregator(testdir: Path) -> Iterator[Aggregator]:
 
 
 def test_every_attempt_reaches_the_aggregator(
-    aggregator: Aggregator, node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage], run_agent: Any
+    aggregator: Aggregator, node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage], run_agent: Any
 ) -> None:
     alpha, beta = ref("it/alpha"), ref("it/beta")
-    # One failed attempt of alpha first (times=2: containerd tries an error status on both of its host entries).
-    proxy.add_rule(Rule(path=r"/it/alpha/manifests/", action="status", status=500, times=2))
+    # One failed attempt of alpha first (as many 500s as one PullImage asks for: RuntimeNode.status_tries).
+    proxy.add_rule(Rule(path=r"/it/alpha/manifests/", action="status", status=500, times=node.status_tries(500)))
     started = int(time.time())
     result = run_agent(
         node.socket,
@@ -142,25 +142,28 @@ def test_every_attempt_reaches_the_aggregator(
 
 
 def test_the_attempt_the_overall_timeout_ended_reports_the_reason(
-    aggregator: Aggregator, node: ContainerdNode, proxy: FaultProxy, images: dict[str, TestImage], run_agent: Any
+    aggregator: Aggregator, node: RuntimeNode, proxy: FaultProxy, images: dict[str, TestImage], run_agent: Any
 ) -> None:
-    """Issue 10: a 401 (both host entries), then a stall that the overall deadline cuts. The cut attempt's Result
-    carries the image's reason, the 401 plus the cut, as the summary does; the first Result is the plain 401."""
+    """Issue 10: a 401 (as often as one PullImage asks), then a stall that the overall deadline cuts. The cut
+    attempt's Result carries the image's reason, the 401 plus the cut, as the summary does; the first Result is
+    the plain 401."""
     alpha = ref("it/alpha")
-    proxy.add_rule(Rule(path=r"/it/alpha/manifests/", action="status", status=401, times=2, then="stall_headers"))
+    proxy.add_rule(Rule(path=r"/it/alpha/manifests/", action="status", status=401, times=node.status_tries(401),
+                        then="stall_headers"))
     result = run_agent(
         node.socket, [alpha], *FAST, f"--metrics-endpoint=127.0.0.1:{aggregator.grpc_port}", "--overall-timeout=6s",
         timeout_s=60,
     )
     assert result.rc == 0 and result.summary is not None and result.summary["attempts"] == 2, result.describe()
     errors = [record["error"] for record in aggregator.results()]
-    assert len(errors) == 2 and errors[0].endswith("401 Unauthorized"), errors
+    assert len(errors) == 2 and PROXY_401.search(errors[0]), errors
     assert errors[1] == errors[0] + " (the overall timeout ended attempt 2)", errors
-    assert result.summary["errors"][alpha].endswith("401 Unauthorized (the overall timeout ended attempt 2)")
+    reason = result.summary["errors"][alpha]
+    assert PROXY_401.search(reason) and reason.endswith(" (the overall timeout ended attempt 2)"), reason
 
 
 def test_an_aggregator_that_is_down_is_logged_and_not_fatal(
-    node: ContainerdNode, images: dict[str, TestImage], run_agent: Any
+    node: RuntimeNode, images: dict[str, TestImage], run_agent: Any
 ) -> None:
     closed = free_port()  # nothing listens there
     result = run_agent(
@@ -180,7 +183,7 @@ def test_an_aggregator_that_is_down_is_logged_and_not_fatal(
 
 
 def test_a_black_hole_aggregator_is_bounded_by_the_overall_timeout(
-    node: ContainerdNode, images: dict[str, TestImage], run_agent: Any
+    node: RuntimeNode, images: dict[str, TestImage], run_agent: Any
 ) -> None:
     """A listener that accepts and never answers: the submission ends by overall timeout + the agent's grace."""
     with socket.socket() as hole:
