@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Sourced by the scripts that run a local Kubernetes cluster (test-e2e.sh, test-integration.sh, demo.sh).
+# Sourced by the scripts that run a local Kubernetes cluster (test-e2e.sh, test-integration.sh, demo.sh), the agent
+# image or the built runtimes (test-image.sh, test-agent.sh).
 # Expects $top (the repo) and a log function; sets kube_pid. Callers stop the cluster in their EXIT trap.
 : "${top:?lib-cluster.sh needs \$top}"
 
@@ -58,4 +59,16 @@ stop_cluster() {
   fi
   wait "$kube_pid" 2>/dev/null || true
   kube_pid=""
+}
+
+# The runtimes of $PREFETCH_RUNTIMES (default: all) that the project builds (tests/runtimes/build.sh; cached, so
+# only a first run pays its few minutes), built before a suite starts: the build's progress goes to the terminal,
+# not into a test's timeout.
+ensure_runtimes() {
+  local runtime
+  for runtime in containerd2 crio; do
+    case ",${PREFETCH_RUNTIMES:-containerd,containerd2,crio}," in
+      *",$runtime,"*) bash "$top/tests/runtimes/build.sh" "$runtime" >/dev/null || return 1 ;;
+    esac
+  done
 }

@@ -38,7 +38,7 @@ mypy_run() {  # mypy_run NAME MYPYPATH PATH...
   MYPYPATH=$path run "mypy $name" "$venv/mypy" --explicit-package-bases --no-error-summary "$@"
 }
 [ -d agent/src/image_prefetcher ] && mypy_run agent agent/src agent/src/image_prefetcher
-for d in tests/infra tests/kube tests/e2e tests/agent_image tests/security; do
+for d in tests/infra tests/kube tests/runtimes tests/e2e tests/agent_image tests/security; do
   [ -d "$d" ] && mypy_run "$d" tests "$d"
 done
 # The agent's tests import their own helpers (casedata, fakecri, conftest fixtures) from their directory.
@@ -66,7 +66,7 @@ else
 fi
 
 # --- shellcheck --------------------------------------------------------------------------------------------
-mapfile -t sh_files < <(ls scripts/*.sh tests/kube/*.sh 2>/dev/null; existing .ci/run)
+mapfile -t sh_files < <(ls scripts/*.sh tests/kube/*.sh tests/runtimes/*.sh 2>/dev/null; existing .ci/run)
 run "shellcheck" shellcheck -x "${sh_files[@]}"
 
 [ ${#skipped[@]} -gt 0 ] && printf 'lint: skipped (not there yet): %s\n' "${skipped[*]}"

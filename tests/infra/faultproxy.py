@@ -27,9 +27,17 @@ from infra._proxybase import ProxyBase, RecordBase
 ACTIONS = frozenset(
     {"stall_accept", "stall_headers", "stall_mid_body", "close_mid_body", "close_no_body", "status", "slow", "hold"}
 )
+# A status rule's default body: the OCI distribution spec's error for that status, as a registry sends it (CRI-O
+# words its errors from the body, containerd from the status line); other statuses say who answered.
+_REGISTRY_ERRORS = {
+    401: ("UNAUTHORIZED", "authentication required"),
+    403: ("DENIED", "requested access to the resource is denied"),
+    404: ("MANIFEST_UNKNOWN", "manifest unknown"),
+    429: ("TOOMANYREQUESTS", "too many requests"),
+}
 # How a client words a refused pull after a ``status=401`` rule: containerd quotes the status line ("401
-# Unauthorized"), CRI-O (containers/image) the body's error message ("fault proxy answered 401").
-PROXY_401 = re.compile(r"401 Unauthorized|fault proxy answered 401")
+# Unauthorized"), CRI-O (containers/image) the body's error ("unauthorized: authentication required").
+PROXY_401 = re.compile(r"401 Unauthorized|authentication required")
 _READ_SIZE = 64 << 10
 _HEAD_LIMIT = 64 << 10
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -386,9 +394,8 @@ class FaultProxy(ProxyBase[Rule, RequestRecord]):
     ) -> None:
         """The rule's status answer; a HEAD answer has the body's headers but no body (else the bytes would be
         read as the start of the next response on a kept-alive connection)."""
-        body = (rule.body or json.dumps(
-            {"errors": [{"code": "PROXY_INJECTED", "message": f"fault proxy answered {rule.status}"}]}
-        )).encode()
+        code, message = _REGISTRY_ERRORS.get(rule.status, ("PROXY_INJECTED", f"fault proxy answered {rule.status}"))
+        body = (rule.body or json.dumps({"errors": [{"code": code, "message": message}]})).encode()
         reason = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests"}.get(
             rule.status, "Injected")
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *rule.headers.items()]

@@ -75,5 +75,5 @@ fi
 for c in "${cmds[@]}"; do [ -x "$out/bin/${c##*/}" ] || { log "missing $out/bin/${c##*/}"; exit 1; }; done
 rm -rf "$src"   # only the binaries are kept
 touch "$stamp"
-log "done in $(( $(date +%s) - started ))s: $(ls "$out/bin" | tr '\n' ' ')"
+log "done in $(( $(date +%s) - started ))s"
 echo "$out/bin"

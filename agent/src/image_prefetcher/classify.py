@@ -49,7 +49,13 @@ class Action(enum.Enum):
     RETRY = "retry"  # sleep the retry delay, then try again
 
 
-_INVALID_REFERENCE = re.compile(r"invalid reference format|failed to parse image reference", re.IGNORECASE)
+# containerd: `failed to parse image reference`, `invalid reference format`; CRI-O (containers/image) wraps the
+# distribution/reference errors: `cannot parse input: "...": repository name must be lowercase` (code Unknown).
+_INVALID_REFERENCE = re.compile(
+    r"invalid reference format|failed to parse image reference|cannot parse input|repository name must"
+    r"|invalid (tag|digest) format",
+    re.IGNORECASE,
+)
 _UNAUTHORIZED = re.compile(
     r"\b40[13]\b|unauthori[sz]ed|forbidden|authorization failed|authentication required|access[^.]{0,40}denied",
     re.IGNORECASE,

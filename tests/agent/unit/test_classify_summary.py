@@ -57,7 +57,48 @@ CONTAINERD_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("code", "details", "expected"), CONTAINERD_ERRORS)
+# Recorded by the agent integration suite on each runtime (PREFETCH_ERROR_LOG, docs/runtimes.md), ports as seen.
+CONTAINERD2_ERRORS = [  # containerd 2.4.2
+    ("UNKNOWN", 'failed to pull and unpack image "registry.test:5000/private/app:v1": failed to resolve image: pull '
+     "access denied, repository does not exist or may require authorization: authorization failed: no basic auth "
+     "credentials", ErrorClass.UNAUTHORIZED),
+    ("UNKNOWN", 'failed to pull and unpack image "registry.test:5000/it/gamma:v1": failed to resolve image: '
+     "unexpected status from HEAD request to http://127.0.0.1:35931/v2/it/gamma/manifests/v1?ns=registry.test%3A5000"
+     ": 500 Injected", ErrorClass.ERROR),
+    ("UNKNOWN", 'failed to pull and unpack image "registry.test:5000/private/app:v1": failed to resolve image: '
+     "unexpected status from HEAD request to http://127.0.0.1:33727/v2/private/app/manifests/v1?ns=registry.test%3A"
+     "5000: 401 Unauthorized", ErrorClass.UNAUTHORIZED),
+    ("NOT_FOUND", 'failed to pull and unpack image "registry.test:5000/it/missing:v1": failed to resolve image: '
+     "registry.test:5000/it/missing:v1: not found", ErrorClass.NOT_FOUND),
+    ("UNKNOWN", 'failed to parse image reference "registry.test:5000/Upper/Case:v1": invalid reference format: '
+     "repository name (Upper/Case) must be lowercase", ErrorClass.INVALID_REFERENCE),
+    ("UNKNOWN", 'failed to pull and unpack image "registry.test:5000/it/alpha:v1": failed to resolve image: failed to '
+     'do request: Head "http://127.0.0.1:35103/v2/it/alpha/manifests/v1?ns=%5BREDACTED%5D": dial tcp '
+     "127.0.0.1:35103: connect: connection refused", ErrorClass.UNAVAILABLE),
+    ("UNAVAILABLE", "Stream removed (Socket closed)", ErrorClass.UNAVAILABLE),
+]
+CRIO_ERRORS = [  # CRI-O 1.34.0 (containers/image 5.35.0): code Unknown for every registry answer
+    ("UNKNOWN", "unable to try pulling possible OCI artifact: build image source: reading manifest v1 in "
+     "registry.test:5000/private/app: authentication required", ErrorClass.UNAUTHORIZED),
+    ("UNKNOWN", "unable to try pulling possible OCI artifact: build image source: reading manifest v1 in "
+     "registry.test:5000/it/alpha: unauthorized: authentication required", ErrorClass.UNAUTHORIZED),
+    ("UNKNOWN", "unable to try pulling possible OCI artifact: build image source: reading manifest v1 in "
+     "registry.test:5000/it/gamma: received unexpected HTTP status: 500 Injected", ErrorClass.ERROR),
+    ("UNKNOWN", "unable to try pulling possible OCI artifact: build image source: reading manifest v1 in "
+     "registry.test:5000/it/missing: manifest unknown", ErrorClass.NOT_FOUND),
+    ("UNKNOWN", 'cannot parse input: "registry.test:5000/Upper/Case:v1": repository name must be lowercase',
+     ErrorClass.INVALID_REFERENCE),
+    ("UNKNOWN", "RegistryUnavailable: unable to try pulling possible OCI artifact: build image source: pinging "
+     'container registry registry.test:5000: Get "http://registry.test:5000/v2/": proxyconnect tcp: dial tcp '
+     "127.0.0.1:45375: connect: connection refused", ErrorClass.UNAVAILABLE),
+    ("DEADLINE_EXCEEDED", "unable to try pulling possible OCI artifact: build image source: Get "
+     '"http://registry.test:5000/v2/it/alpha/manifests/v1": context deadline exceeded', ErrorClass.TIMEOUT),
+    ("UNAVAILABLE", "Stream removed (Socket closed (GOAWAY received; Error code: 0; Debug Text: graceful_stop))",
+     ErrorClass.UNAVAILABLE),
+]
+
+
+@pytest.mark.parametrize(("code", "details", "expected"), CONTAINERD_ERRORS + CONTAINERD2_ERRORS + CRIO_ERRORS)
 def test_classify(code: str, details: str, expected: ErrorClass) -> None:
     assert classify(code, details) is expected
 
