@@ -2,10 +2,11 @@
 
 Setup (issue 2, "Benchmark"): Debian's docker-registry behind the fault proxy emulating a remote registry (30 ms added
 per request, 25 MiB/s per connection), 20 images of ~10 MiB with three layers each. Scenarios, each on a fresh
-containerd:
+node of the runtime chosen with ``--runtime`` (containerd, containerd2 or crio: ``infra.runtime``):
   * agent       - ``image-prefetcher fetch`` with all 20 images (wall time, peak RSS, CPU seconds)
   * sequential  - a PullImage loop, one image after the other (the naive baseline)
-  * parallel_ctr- 20 concurrent ``ctr -n k8s.io images pull --hosts-dir ...`` (the practical limit)
+  * limit       - the practical limit: 20 concurrent ``ctr -n k8s.io images pull --hosts-dir ...`` on containerd
+                  (the runtime's own client); on CRI-O, which has none, the ``gather`` below
   * gather      - extra reference: an in-process ``asyncio.gather`` of 20 PullImage calls on one grpc.aio channel
                   (what the agent does, minus its process start, logging and bookkeeping)
   * stall       - the agent again, with the first attempt of every image stalled (manifest request never answered);
@@ -53,6 +54,7 @@ from infra.containerd import ContainerdNode, overlay_supported  # noqa: E402
 from infra.faultproxy import FaultProxy, Rule  # noqa: E402
 from infra.images import build_test_image, push_image  # noqa: E402
 from infra.registry import Registry  # noqa: E402
+from infra.runtime import RUNTIMES, RuntimeNode, make_node  # noqa: E402
 
 LATENCY_S = 0.030
 BANDWIDTH_BPS = 25 << 20
@@ -95,7 +97,7 @@ def push_images(host: str, count: int, prefix: str, size_mib: float, layers: int
 
 
 def run_agent(
-    node: ContainerdNode, refs: Sequence[str], workdir: Path, *flags: str, src: Path = AGENT_SRC
+    node: RuntimeNode, refs: Sequence[str], workdir: Path, *flags: str, src: Path = AGENT_SRC
 ) -> dict[str, Any]:
     """Runs the agent (from source tree ``src``) through the launcher; wall time, peak RSS and CPU of the agent."""
     stamp = time.monotonic_ns()
@@ -137,7 +139,7 @@ def run_agent(
     }
 
 
-def run_sequential(node: ContainerdNode, refs: Sequence[str]) -> float:
+def run_sequential(node: RuntimeNode, refs: Sequence[str]) -> float:
     started = time.monotonic()
     with node.cri() as cri:
         for ref in refs:
@@ -145,12 +147,15 @@ def run_sequential(node: ContainerdNode, refs: Sequence[str]) -> float:
     return round(time.monotonic() - started, 3)
 
 
-def run_parallel_ctr(node: ContainerdNode, refs: Sequence[str]) -> float:
+def run_parallel_limit(node: RuntimeNode, refs: Sequence[str]) -> float:
+    """The practical limit: the runtime's own client pulling everything at once, else ``run_gather``."""
+    if not isinstance(node, ContainerdNode):
+        return run_gather(node, refs)
     started = time.monotonic()
     procs = [
         subprocess.Popen(
             [
-                "ctr",
+                node.ctr_binary,
                 "--address",
                 str(node.socket),
                 "-n",
@@ -179,7 +184,7 @@ def run_parallel_ctr(node: ContainerdNode, refs: Sequence[str]) -> float:
     return round(time.monotonic() - started, 3)
 
 
-def run_gather(node: ContainerdNode, refs: Sequence[str]) -> float:
+def run_gather(node: RuntimeNode, refs: Sequence[str]) -> float:
     import asyncio
 
     import grpc
@@ -202,17 +207,19 @@ def run_gather(node: ContainerdNode, refs: Sequence[str]) -> float:
 
 
 class Bench:
-    def __init__(self, workdir: Path, registry: Registry, proxy: FaultProxy) -> None:
+    def __init__(self, workdir: Path, registry: Registry, proxy: FaultProxy, runtime: str) -> None:
+        self.runtime = runtime
         self.workdir = workdir
         self.registry = registry
         self.proxy = proxy
         self.nodes = 0
 
-    def fresh_node(self, upstream: str) -> ContainerdNode:
+    def fresh_node(self, upstream: str) -> RuntimeNode:
         self.nodes += 1
-        return ContainerdNode(self.workdir, registries={TEST_REGISTRY_NAME: upstream}, name=f"node-{self.nodes}")
+        return make_node(self.runtime, self.workdir, registries={TEST_REGISTRY_NAME: upstream},
+                         name=f"node-{self.nodes}")
 
-    def on_fresh_node(self, upstream: str, scenario: Callable[[ContainerdNode], Any]) -> Any:
+    def on_fresh_node(self, upstream: str, scenario: Callable[[RuntimeNode], Any]) -> Any:
         node = self.fresh_node(upstream)
         try:
             node.start()
@@ -257,6 +264,7 @@ def load_average() -> list[float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runtime", choices=RUNTIMES, default="containerd", help="the nodes' runtime")
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--image-mib", type=float, default=10)
     parser.add_argument("--layers", type=int, default=3)
@@ -281,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             Registry(workdir) as registry,
             FaultProxy(upstream=registry.host, latency_s=LATENCY_S, bandwidth_bps=BANDWIDTH_BPS) as proxy,
         ):
-            result = measure(args, Bench(workdir, registry, proxy))
+            result = measure(args, Bench(workdir, registry, proxy, args.runtime))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(result, indent=2))
@@ -298,7 +306,7 @@ def measure(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     scenarios: dict[str, Callable[[], Any]] = {
         "agent": lambda: bench.on_fresh_node(proxied, lambda n: run_agent(n, refs, bench.workdir)),
         "sequential": lambda: bench.on_fresh_node(proxied, lambda n: run_sequential(n, refs)),
-        "parallel_ctr": lambda: bench.on_fresh_node(proxied, lambda n: run_parallel_ctr(n, refs)),
+        "limit": lambda: bench.on_fresh_node(proxied, lambda n: run_parallel_limit(n, refs)),
         "gather": lambda: bench.on_fresh_node(proxied, lambda n: run_gather(n, refs)),
         "stall": lambda: bench.stall_run(refs),
         "rss_500": lambda: bench.on_fresh_node(direct, lambda n: run_agent(n, tiny, bench.workdir)),
@@ -329,7 +337,7 @@ def measure(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
 
     stall_bound = [STALL_ATTEMPT_TIMEOUT_S + STALL_DELAY_S + a for a in column("agent", "seconds")]
     per_round = {
-        "agent_to_limit": spread(ratios("agent", "parallel_ctr")),
+        "agent_to_limit": spread(ratios("agent", "limit")),
         "agent_to_sequential": spread(ratios("agent", "sequential")),
         "stall_to_bound": spread([s / b for s, b in zip(column("stall", "seconds"), stall_bound)]),
     }
@@ -348,11 +356,14 @@ def measure(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "load_average_start": load_start,
             "load_average_end": load_end,
+            "runtime": args.runtime,
+            "limit_baseline": "concurrent PullImage calls on one channel (CRI-O has no client of its own)"
+            if args.runtime == "crio" else "concurrent ctr images pull",
             "snapshotter": "overlayfs" if overlay_supported(bench.workdir) else "native",
         },
         "agent_s": agent_s["median"],
         "sequential_pullimage_s": spread(column("sequential"))["median"],
-        "parallel_ctr_s": spread(column("parallel_ctr"))["median"],
+        "parallel_limit_s": spread(column("limit"))["median"],
         **{name: value["median"] for name, value in per_round.items()},
         "gather_pullimage_s": gather_s["median"],
         "agent_to_gather": spread([a / g for a, g in zip(column("agent", "seconds"), column("gather"))])["median"],
@@ -385,7 +396,7 @@ def measure(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
             **per_round,
             "agent_s": agent_s,
             "sequential_pullimage_s": spread(column("sequential")),
-            "parallel_ctr_s": spread(column("parallel_ctr")),
+            "parallel_limit_s": spread(column("limit")),
             "gather_pullimage_s": gather_s,
             "stall_s": spread(column("stall", "seconds")),
             "rss_500_mib": rss_500,
@@ -396,7 +407,7 @@ def measure(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
         result["compare"] = {
             "src": str(args.compare_src),
             "agent_s": spread(column("compare_agent", "seconds")),
-            "agent_to_limit": spread(ratios("compare_agent", "parallel_ctr")),
+            "agent_to_limit": spread(ratios("compare_agent", "limit")),
             "agent_to_sequential": spread(ratios("compare_agent", "sequential")),
             "agent_cpu_s": spread(column("compare_agent", "cpu_s")),
             "rss_500_mib": spread(column("compare_rss_500", "peak_rss_mib")),

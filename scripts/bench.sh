@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make bench`: the agent benchmark (bench/agent_bench.py, one JSON object on stdout), then every other
+# `make bench`: the agent benchmark (bench/agent_bench.py, one JSON object on stdout) once per runtime of
+# $BENCH_RUNTIMES (default: containerd containerd2 crio; the latter two built first, cached), then every other
 # bench/*_bench.py / bench/*_bench.sh found. Not a test: it prints figures; it fails only when a benchmark crashes.
 # Each benchmark stops what it starts (registry, proxy, containerd) itself, also on failure.
 set -uo pipefail
@@ -10,16 +11,22 @@ PY=.venv/bin/python
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-1200}
 failed=()
 
-run_bench() {
-  local file=$1
-  printf '\n==== %s ====\n' "$file" >&2
+run_bench() {  # run_bench FILE [ARGS...]
+  local file=$1; shift
+  printf '\n==== %s %s ====\n' "$file" "$*" >&2
   case "$file" in
-    *.py) timeout --kill-after=30 "$BENCH_TIMEOUT" "$PY" "$file" ;;
-    *.sh) timeout --kill-after=30 "$BENCH_TIMEOUT" bash "$file" ;;
-  esac || failed+=("$file")
+    *.py) timeout --kill-after=30 "$BENCH_TIMEOUT" "$PY" "$file" "$@" ;;
+    *.sh) timeout --kill-after=30 "$BENCH_TIMEOUT" bash "$file" "$@" ;;
+  esac || failed+=("$file $*")
 }
 
-run_bench bench/agent_bench.py
+for runtime in ${BENCH_RUNTIMES:-containerd containerd2 crio}; do
+  if [ "$runtime" != containerd ] && ! bash tests/runtimes/build.sh "$runtime" >/dev/null; then
+    failed+=("build $runtime")
+    continue
+  fi
+  run_bench bench/agent_bench.py --runtime "$runtime"
+done
 shopt -s nullglob
 for file in bench/*_bench.py bench/*_bench.sh; do
   [ "$file" = bench/agent_bench.py ] && continue
