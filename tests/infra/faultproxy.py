@@ -36,8 +36,10 @@ _REGISTRY_ERRORS = {
     429: ("TOOMANYREQUESTS", "too many requests"),
 }
 # How a client words a refused pull after a ``status=401`` rule: containerd quotes the status line ("401
-# Unauthorized"), CRI-O (containers/image) the body's error ("unauthorized: authentication required").
-PROXY_401 = re.compile(r"401 Unauthorized|authentication required")
+# Unauthorized"); CRI-O (containers/image) names the body's error code, "...: unauthorized" (without a
+# WWW-Authenticate challenge it does not quote the message; a real registry's challenge makes it "authentication
+# required").
+PROXY_401 = re.compile(r'401 Unauthorized|authentication required|: unauthorized(?:$|[ "])')
 _READ_SIZE = 64 << 10
 _HEAD_LIMIT = 64 << 10
 _NO_BODY_STATUSES = frozenset({204, 304})

@@ -81,7 +81,7 @@ CRIO_ERRORS = [  # CRI-O 1.34.0 (containers/image 5.35.0): code Unknown for ever
     ("UNKNOWN", "unable to try pulling possible OCI artifact: build image source: reading manifest v1 in "
      "registry.test:5000/private/app: authentication required", ErrorClass.UNAUTHORIZED),
     ("UNKNOWN", "unable to try pulling possible OCI artifact: build image source: reading manifest v1 in "
-     "registry.test:5000/it/alpha: unauthorized: authentication required", ErrorClass.UNAUTHORIZED),
+     "registry.test:5000/it/alpha: unauthorized", ErrorClass.UNAUTHORIZED),
     ("UNKNOWN", "unable to try pulling possible OCI artifact: build image source: reading manifest v1 in "
      "registry.test:5000/it/gamma: received unexpected HTTP status: 500 Injected", ErrorClass.ERROR),
     ("UNKNOWN", "unable to try pulling possible OCI artifact: build image source: reading manifest v1 in "
