@@ -1,7 +1,7 @@
 # Copyright: stackrox.prefetch contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Deterministic results of a whole run (the role's ``images_result`` with metrics), for the report tests and for
-``scripts/timeline-example.py``, which renders docs/timeline-example.svg/.png from ``example_result()``.
+``scripts/timeline_example.py``, which renders docs/timeline-example.svg/.png from ``example_result()``.
 
 Standard library only: the script loads this file by path, outside the collection's import layout.
 """
