@@ -13,7 +13,7 @@ short_description: Write the reports of a prefetch run (JUnit XML, Markdown, JSO
 version_added: 0.1.0
 description:
   - Writes, into O(dest) on the controller, per cluster host C(<basename>.junit.xml) (a testsuite for the instance,
-    a testcase per node and image: a failure with the agent's reason for a failed image, skipped for an image that
+    a testcase per node and image; a failure with the agent's reason for a failed image, skipped for an image that
     was already present, an error for every image of a node that did not finish), C(<basename>.md) (the per-node
     table, failed images and warnings as Markdown, for C($GITHUB_STEP_SUMMARY)), C(<basename>.json) (the whole
     O(result)) and, when O(result) carries metrics, C(<basename>.timeline.svg) (one row per node, one bar per pull

@@ -77,3 +77,24 @@ def test_run_fails_with_the_directory_and_the_cause(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(AnsibleActionFail, match=f"cannot write the reports to {blocker}/sub"):
         action({"result": example_result(), "dest": str(blocker / "sub")}).run(task_vars={})
+
+
+def test_the_documentation_matches_the_argument_spec() -> None:
+    """validate-modules skips a documentation-only module, so the options are compared here."""
+    import yaml
+
+    from ansible_collections.stackrox.prefetch.plugins.action.report import ARGUMENT_SPEC
+    from ansible_collections.stackrox.prefetch.plugins.modules import report
+
+    documented = yaml.safe_load(report.DOCUMENTATION)["options"]
+    for document in (report.EXAMPLES, report.RETURN):
+        yaml.safe_load(document)
+    assert sorted(documented) == sorted(ARGUMENT_SPEC)
+    for name, spec in ARGUMENT_SPEC.items():
+        doc = documented[name]
+        assert (doc.get("type"), doc.get("required", False), doc.get("default"), doc.get("elements")) == (
+            spec["type"],
+            spec.get("required", False),
+            spec.get("default"),
+            spec.get("elements"),
+        ), name
