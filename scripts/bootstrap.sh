@@ -12,6 +12,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-grpcio python3-protobuf python3-yaml python3-pytest  # Debian-runtime compat tests
   shellcheck openssl util-linux iproute2 ca-certificates
   mmdebstrap buildah skopeo uidmap fuse-overlayfs  # agent image build without a public registry
+  librsvg2-bin                             # rsvg-convert: the report tests render the timeline SVG to PNG
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -22,6 +22,7 @@ PREFIX = "stackrox.prefetch."
 NOT_EXPOSED = {
     ("apply", "state"): "set by the role from images_state",
     ("apply", "objects"): "the rendered objects of the manifest task",
+    ("report", "basename"): "the role names the files after the inventory host (the result's cluster)",
 }
 # Module option type -> role variable types that may feed it.
 COMPATIBLE = {"path": {"path", "str"}, "str": {"str", "path"}, "raw": None}
@@ -102,7 +103,7 @@ def main(argv: list[str]) -> int:
         print("usage: check_role.py ROLE_DIR ANSIBLE_DOC", file=sys.stderr)
         return 2
     role = Path(argv[1])
-    docs = module_docs(argv[2], ["manifest", "apply", "rollout"])
+    docs = module_docs(argv[2], ["manifest", "apply", "rollout", "report"])
     findings = check(role, docs)
     for finding in findings:
         print(f"check-role: {finding}")

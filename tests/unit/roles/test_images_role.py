@@ -23,6 +23,7 @@ INTERNAL_VARS = {
     "images_result",
     "images_wait",
     "images_deleted",
+    "images_reports",
 }
 
 
@@ -206,3 +207,30 @@ def test_report_shows_the_warnings_of_a_node_whose_agent_had_some() -> None:
     assert re.match(r"sim-node-2 +succeeded ", lines[2])
     assert lines[3] == f"  sim-node-2: warning: {denied}"
     assert len(lines) == 4
+
+
+def report_task_images(variables: dict[str, t.Any]) -> t.Any:
+    """The report task's ``images`` expression, templated by Ansible as the play does."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+
+    task = next(task for task in load(ROLE / "tasks" / "report.yml") if "stackrox.prefetch.report" in task)
+    expression = task["stackrox.prefetch.report"]["images"]
+    try:  # ansible-core 2.19 renders only trusted templates (task files are trusted when loaded by a play)
+        from ansible.template import trust_as_template
+
+        expression = trust_as_template(expression)
+    except ImportError:
+        pass
+    return Templar(loader=DataLoader(), variables=variables).template(expression)
+
+
+def test_report_task_takes_the_image_list_from_the_rendered_configmap() -> None:
+    objects = [
+        {"kind": "ServiceAccount", "metadata": {"name": "img"}},
+        {"kind": "ConfigMap", "metadata": {"name": "img"}, "data": {"images.txt": "r.test/a:1\nr.test/b:2\n"}},
+        {"kind": "DaemonSet", "metadata": {"name": "img"}},
+    ]
+    assert report_task_images({"images_rendered": {"objects": objects}}) == ["r.test/a:1", "r.test/b:2"]
+    assert report_task_images({"images_rendered": {"objects": objects[:1]}}) == []
+    assert report_task_images({}) == []
