@@ -58,6 +58,7 @@ POLL_JITTER = 0.5  # a poll waits POLL_INTERVAL_S * (1 +- POLL_JITTER): waiters 
 REQUEST_TIMEOUT_S = 10.0
 RENEW_RETRY_S = 1.0
 RELEASE_TIMEOUT_S = 3.0
+CALL_SLACK_S = 0.5
 MAX_CONFLICT_RETRIES = 3
 # Kubernetes' transient answers: the server did not act, asking again later may work.
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -338,7 +339,15 @@ class HttpLeaseApi:
 
     async def _call(self, method: str, path: str, body: Lease | None, timeout: float) -> Lease:
         data = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
-        return await asyncio.to_thread(self._blocking, method, path, data, max(timeout, 0.001))
+        timeout = max(timeout, 0.001)
+        # The socket timeout bounds each read, not the whole exchange: the outer bound keeps a trickling answer
+        # from outlasting the caller's deadline (the thread ends at its socket timeout).
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._blocking, method, path, data, timeout), timeout + CALL_SLACK_S
+            )
+        except asyncio.TimeoutError:
+            raise LeaseApiError(f"{method} {self._client.server}{path}: no answer within {timeout:.1f}s") from None
 
     def _blocking(self, method: str, path: str, data: bytes | None, timeout: float) -> Lease:
         headers = {"Content-Type": "application/json"} if data is not None else {}
