@@ -150,6 +150,11 @@ class PullEngine:
         await asyncio.gather(*(self._pull_image_safely(result, deadline, slots) for result in self.results.values()))
         return self.results
 
+    async def all_present(self, images: Sequence[str], deadline: Deadline) -> bool:
+        """Whether the runtime has every image already (ImageStatus, in parallel; a failed check counts as absent)."""
+        found = await asyncio.gather(*(self._already_present(image, deadline) for image in images))
+        return all(found)
+
     async def _pull_image_safely(
         self, result: ImageResult, deadline: Deadline, slots: asyncio.Semaphore | None
     ) -> None:

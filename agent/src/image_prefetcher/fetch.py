@@ -303,6 +303,12 @@ class FetchRun:
             return
         from image_prefetcher.leases import waiting_note
 
+        if self.options.pull_policy == "IfNotPresent" and await engine.all_present(self.images, deadline):
+            # Nothing to pull (a restarted pod, a node that already has the list): no wait, no Lease write.
+            self.log.info("every image is present already, not waiting for a node slot")
+            self.waited = 0.0
+            await engine.run(self.images, deadline)
+            return
         async with slot.hold(deadline) as outcome:
             self.waited = outcome.waited_s
             if outcome.warning:

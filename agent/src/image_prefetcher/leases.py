@@ -438,6 +438,9 @@ class NodeSlot:
                 return SlotOutcome(waited_s=waited, timed_out=True)
             try:
                 taken = await self._try_once(min(REQUEST_TIMEOUT_S, remaining))
+            except (KeyError, TypeError, ValueError, AttributeError) as err:  # a Lease we cannot read
+                unreadable = LeaseApiError(f"unexpected Lease content: {type(err).__name__}: {err}", transient=False)
+                return self._without_slot(unreadable, loop.time() - started, 0.0)
             except LeaseApiError as err:
                 now = loop.time()
                 unreachable_since = now if unreachable_since is None else unreachable_since
@@ -475,7 +478,7 @@ class NodeSlot:
             try:
                 await self._claim(candidate, timeout)
             except LeaseApiError as err:
-                if not err.conflict:
+                if not err.conflict and err.status != 404:  # 404: deleted since the LIST, as good as taken
                     raise
                 self._log.debug("another node took the slot first", slot=candidate.name)
                 continue
@@ -507,9 +510,14 @@ class NodeSlot:
                 await asyncio.sleep(self.config.renew_interval_s)
                 await self._renew_once()
         except LostSlot as lost:
-            self.lost = str(lost)
-            self._lease = None
-            self._log.warn("lost the node slot, the pulls go on", reason=self.lost)
+            self._lose(str(lost))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # a Lease we cannot read: never crash
+            self._lose(f"renewing the slot failed: {type(err).__name__}: {err}")
+
+    def _lose(self, why: str) -> None:
+        self.lost = why
+        self._lease = None
+        self._log.warn("lost the node slot, the pulls go on", reason=why)
 
     async def _renew_once(self) -> None:
         loop = asyncio.get_running_loop()
@@ -581,6 +589,8 @@ class NodeSlot:
                 await self._api.update(release_body(lease, self.config.holder, self._wall()), RELEASE_TIMEOUT_S)
                 return
             except LeaseApiError as err:
+                if err.status == 404:
+                    return  # deleted (state: absent): nothing to give back
                 if not err.conflict:
                     raise
                 current = await self._api.get(self.held or "", RELEASE_TIMEOUT_S)

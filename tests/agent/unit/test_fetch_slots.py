@@ -40,10 +40,11 @@ def run_fetch(
     *flags: str,
     script: dict[str, Any] | None = None,
     during: Any = None,
+    present: set[str] | None = None,
     **slot_settings: Any,
 ) -> tuple[int, dict[str, Any], FakeCri]:
     termination_log = tmp_path / "termination-log"
-    fake = FakeCri(tmp_path / "cri.sock", scripts=script or {})
+    fake = FakeCri(tmp_path / "cri.sock", scripts=script or {}, present=set(present or ()))
     argv = [f"--termination-log={termination_log}", f"--cri-socket={fake.socket_path}", "--parallel-nodes=1", *flags]
     options = fetch_options(parse_flags(FETCH_FLAGS, argv))
     log = configure_logging(True, "text", io.StringIO())
@@ -172,3 +173,11 @@ def test_node_slot_problems_are_reasons_not_errors(load: Load) -> None:
     outside = node_slot_for(options(), log, {"INSTANCE_NAME": "pf"}, load)
     assert isinstance(outside, str) and outside.startswith("no Kubernetes client (unable to load in-cluster")
     assert "secret-token" not in outside
+
+
+def test_with_if_not_present_and_every_image_there_no_slot_is_waited_for(tmp_path: Path) -> None:
+    api = FakeLeaseApi()
+    api.put("pf-slot-0", "node-busy")
+    code, summary, fake = run_fetch(tmp_path, api, "--pull-policy=IfNotPresent", script={}, present={IMAGE})
+    assert code == 0 and (summary["skipped"], summary["waited"]) == (1, 0.0)
+    assert api.calls == [] and fake.calls == []

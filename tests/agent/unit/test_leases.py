@@ -609,3 +609,33 @@ def test_http_lease_api_paths_and_errors() -> None:
         ("PUT", base + "/pf-slot-0"),
     ]
     assert client.requests[2][3] == {"Content-Type": "application/json"}
+
+
+def test_a_slot_deleted_between_list_and_claim_is_passed_over_not_a_refusal() -> None:
+    api = FakeLeaseApi()
+    api.put("pf-slot-0", "")
+    api.faults["update"] = [LeaseApiError('leases.coordination.k8s.io "pf-slot-0" not found', 404)]
+    outcome = acquire(api, 600)
+    assert outcome.slot == "pf-slot-0" and outcome.warning is None
+    assert 1.5 <= outcome.waited_s <= 4.5  # the next poll
+
+
+def test_a_lease_that_cannot_be_read_pulls_without_a_slot() -> None:
+    api = FakeLeaseApi()
+    api.store["pf-slot-0"] = {"metadata": {"name": "pf-slot-0", "resourceVersion": "1"}, "spec": []}
+    outcome = acquire(api, 600)
+    assert outcome.slot is None and outcome.warning is not None
+    assert "unexpected Lease content" in outcome.warning
+
+
+def test_a_slot_deleted_while_held_releases_quietly() -> None:
+    api = FakeLeaseApi()
+
+    async def scenario() -> NodeSlot:
+        slot = node_slot(api)
+        async with slot.hold(Deadline(600)):
+            del api.store["pf-slot-0"]
+        return slot
+
+    slot = run_virtual(scenario())
+    assert api.store == {} and slot.held is None
