@@ -30,6 +30,7 @@ _GO_CODE_NAMES = {
 }
 
 DETAIL_LIMIT = 160
+_RUNTIME_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"})
 REDACTED = "<redacted>"
 
 
@@ -37,6 +38,7 @@ class ErrorClass(str, enum.Enum):
     NOT_FOUND = "not_found"
     INVALID_REFERENCE = "invalid_reference"
     UNAUTHORIZED = "unauthorized"
+    RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
@@ -63,6 +65,13 @@ _UNAUTHORIZED = re.compile(
 # CRI-O answers a missing image with code Unknown and the registry's words (containerd says NotFound):
 # `reading manifest v1 in registry.test:5000/it/missing: manifest unknown` (CRI-O 1.34, containers/image 5.35).
 _NOT_FOUND = re.compile(r"manifest unknown|name unknown|repository name not known to registry", re.IGNORECASE)
+# A registry's 429 Too Many Requests (Docker Hub's and Quay's `toomanyrequests`) or 503 Service Unavailable, as
+# containerd (`...: 429 Too Many Requests`) and CRI-O (`received unexpected HTTP status: 503 Service Unavailable`,
+# `toomanyrequests: ...`) pass them on. The bare numbers only as a status: not inside a digest, a port or a path.
+_RATE_LIMITED = re.compile(
+    r"(?<![\w:./-])(?:429|503)(?![\w./:-])|too ?many ?requests|service unavailable|rate[- ]?limit(?:ed)?\b",
+    re.IGNORECASE,
+)
 _UNREACHABLE = re.compile(r"connection refused|no such host|connection reset|unexpected EOF|broken pipe", re.IGNORECASE)
 
 
@@ -102,6 +111,10 @@ def classify(code: str, details: str) -> ErrorClass:
         return ErrorClass.INVALID_REFERENCE
     if code == "NOT_FOUND":
         return ErrorClass.NOT_FOUND
+    # Before the denials: Docker Hub's limit text says "unauthenticated pull rate limit" and "authenticating".
+    # Not for the runtime's own codes (CRI unreachable, our deadline, cancellation): those are no registry answer.
+    if code not in _RUNTIME_CODES and _RATE_LIMITED.search(details):
+        return ErrorClass.RATE_LIMITED
     if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or _UNAUTHORIZED.search(details):
         return ErrorClass.UNAUTHORIZED
     if _NOT_FOUND.search(details):

@@ -50,6 +50,26 @@ FETCH_FLAGS: tuple[Flag, ...] = (
         "/dev/termination-log",
         "Where the JSON result summary is written (skipped when its directory does not exist).",
     ),
+    Flag(
+        "parallel-nodes",
+        "int",
+        0,
+        "Maximum nodes of this instance pulling at once, through the Leases <instance>-slot-<i> (0 = unlimited).",
+    ),
+    Flag("instance-name", "string", "", "Instance name for the node-slot Leases (default $INSTANCE_NAME)."),
+    Flag(
+        "lease-namespace",
+        "string",
+        "",
+        "Namespace of the node-slot Leases (default $POD_NAMESPACE, else the service account's namespace).",
+    ),
+    Flag("lease-duration", "duration", 30 * SECOND, "How long a node slot stays held without renewal."),
+    Flag(
+        "lease-unreachable-timeout",
+        "duration",
+        1 * MINUTE,
+        "How long the API server may not answer while waiting for a node slot before pulling without one.",
+    ),
 )
 
 AGGREGATE_FLAGS: tuple[Flag, ...] = (
@@ -82,6 +102,11 @@ class FetchOptions:
     cri_connect_timeout: int
     log_format: str
     termination_log: str
+    parallel_nodes: int
+    instance_name: str
+    lease_namespace: str
+    lease_duration: int
+    lease_unreachable_timeout: int
     positional_images: tuple[str, ...]
 
 
@@ -111,6 +136,13 @@ def validate_fetch(options: FetchOptions) -> None:
             raise FlagError(f"--{name} must not be negative, got {format_duration(value)}")
     if options.max_parallel_pulls < 0:
         raise FlagError(f"--max-parallel-pulls must be 0 (unlimited) or more, got {options.max_parallel_pulls}")
+    if options.parallel_nodes < 0:
+        raise FlagError(f"--parallel-nodes must be 0 (unlimited) or more, got {options.parallel_nodes}")
+    if options.lease_duration < SECOND:  # leaseDurationSeconds is a whole number of seconds, at least 1
+        raise FlagError(f"--lease-duration must be at least 1s, got {format_duration(options.lease_duration)}")
+    if options.lease_unreachable_timeout < 0:
+        shown = format_duration(options.lease_unreachable_timeout)
+        raise FlagError(f"--lease-unreachable-timeout must not be negative, got {shown}")
 
 
 def fetch_options(parsed: ParsedArgs) -> FetchOptions:

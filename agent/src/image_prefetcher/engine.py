@@ -33,6 +33,7 @@ from image_prefetcher.credentials import CredentialSource
 from image_prefetcher.cri import rpc_error
 from image_prefetcher.keyring import Credential
 from image_prefetcher.logs import Logger, Seconds
+from image_prefetcher.ratelimit import RegistryGates, Ticket, host_of, rate_limit_pause
 from image_prefetcher.retry import retry_schedule
 
 Outcome = Literal["pending", "ok", "failed", "skipped"]
@@ -132,6 +133,7 @@ class PullEngine:
     observers: Sequence[AttemptObserver] = ()
     results: dict[str, ImageResult] = field(default_factory=dict)
     attempts: int = 0
+    gates: RegistryGates = field(default_factory=RegistryGates)  # per registry host, shared by every image
 
     @property
     def _client(self) -> ImageService:
@@ -147,6 +149,11 @@ class PullEngine:
         slots: asyncio.Semaphore | None = asyncio.Semaphore(limit) if limit > 0 else None
         await asyncio.gather(*(self._pull_image_safely(result, deadline, slots) for result in self.results.values()))
         return self.results
+
+    async def all_present(self, images: Sequence[str], deadline: Deadline) -> bool:
+        """Whether the runtime has every image already (ImageStatus, in parallel; a failed check counts as absent)."""
+        found = await asyncio.gather(*(self._already_present(image, deadline) for image in images))
+        return all(found)
 
     async def _pull_image_safely(
         self, result: ImageResult, deadline: Deadline, slots: asyncio.Semaphore | None
@@ -197,15 +204,36 @@ class PullEngine:
         )
         step = next(schedule)
         index = 0
+        host = host_of(result.image)
         while True:
             remaining = deadline.remaining()
             if remaining <= 0:
                 self._give_up(result, by_deadline=True)
                 return
-            outcome = await self._attempt(result, index, choices[index], step.attempt_timeout, deadline, secrets)
+            ticket = await self._enter_gate(result, host, deadline)
+            if ticket is None:
+                return
+            try:
+                outcome = await self._attempt(result, index, choices[index], step.attempt_timeout, deadline, secrets)
+            except BaseException:
+                self.gates.abandon(ticket)
+                raise
+            limited = isinstance(outcome, PullError) and outcome.error_class is ErrorClass.RATE_LIMITED
+            pause = rate_limit_pause(outcome.details, step.delay_after) if isinstance(outcome, PullError) else 0.0
+            await self.gates.report(ticket, rate_limited=limited, pause=pause)
             if isinstance(outcome, _Success):
                 result.outcome, result.image_ref, result.size_bytes = "ok", outcome.image_ref, outcome.size_bytes
                 return
+            if limited:
+                # The host's gate does the waiting, for every image of that registry at once.
+                self.log.warn(
+                    "registry rate limited, backing off for the whole host",
+                    image=result.image,
+                    host=host,
+                    timeout=Seconds(pause),
+                )
+                step = next(schedule)
+                continue
             action = decide(
                 outcome.error_class,
                 not_found_fails=self.settings.not_found_fails,
@@ -222,6 +250,20 @@ class PullEngine:
             if not await self._sleep_before_retry(result, step.delay_after, deadline):
                 return
             step = next(schedule)
+
+    async def _enter_gate(self, result: ImageResult, host: str, deadline: Deadline) -> Ticket | None:
+        """Leave to start an attempt from the host's rate-limit gate; None (the image has given up) when the gate
+        stays closed past the overall deadline."""
+        ticket = await self.gates.enter(host, deadline)
+        if ticket is not None:
+            return ticket
+        if not result.history:  # no error of its own to name: say why it never started
+            result.error = PullError(
+                "UNKNOWN",
+                f"registry {host} answered too many requests; its back-off lasts past the overall timeout",
+            )
+        self._give_up(result, by_deadline=True)
+        return None
 
     async def _sleep_before_retry(self, result: ImageResult, delay: float, deadline: Deadline) -> bool:
         if deadline.remaining() <= delay:

@@ -17,13 +17,14 @@ sources (tried before the pull secret), attempt observers and post-run steps.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc.aio
 from google.protobuf import text_format
@@ -38,6 +39,10 @@ from image_prefetcher.errors import CommandError
 from image_prefetcher.imagelist import load_images, unique_in_order
 from image_prefetcher.logs import LogFormat, Logger, Seconds, configure_logging
 from image_prefetcher.summary import RunReport, build_summary, one_line, write_termination_log
+
+if TYPE_CHECKING:
+    from image_prefetcher.incluster import InClusterConfig
+    from image_prefetcher.leases import NodeSlot
 
 # After the overall deadline the post-run steps share this much extra time, so the process always ends within
 # overall timeout + 10 s (the remaining seconds cover start-up and shutdown).
@@ -112,6 +117,40 @@ def node_name() -> str:
     return os.environ.get("NODE_NAME") or socket.gethostname()
 
 
+def node_slot_for(
+    options: FetchOptions,
+    log: Logger,
+    environ: Mapping[str, str] | None = None,
+    load_config: Callable[[Mapping[str, str]], InClusterConfig] | None = None,
+) -> NodeSlot | str:
+    """The node-slot semaphore of `--parallel-nodes` (DESIGN.md), or why there is none (the node then pulls
+    without a slot and the summary warns: a missing setting must not stop the prefetch). Imported only when used."""
+    from image_prefetcher.incluster import InClusterError, load_incluster_config
+    from image_prefetcher.leases import HttpLeaseApi, NodeSlot, SlotConfig
+
+    env = os.environ if environ is None else environ
+    unenforced = f"--parallel-nodes {options.parallel_nodes} not enforced"
+    instance = options.instance_name or env.get("INSTANCE_NAME", "")
+    if not instance:
+        return f"no instance name (--instance-name or INSTANCE_NAME), pulled without a node slot ({unenforced})"
+    try:
+        config = (load_config or load_incluster_config)(env)
+    except InClusterError as err:
+        return f"no Kubernetes client ({err}), pulled without a node slot ({unenforced})"
+    namespace = options.lease_namespace or env.get("POD_NAMESPACE", "") or config.namespace or ""
+    if not namespace:
+        return f"no namespace for the node-slot Leases (--lease-namespace), pulled without a node slot ({unenforced})"
+    slot_config = SlotConfig(
+        namespace=namespace,
+        instance=instance,
+        holder=node_name(),
+        slots=options.parallel_nodes,
+        lease_duration_s=max(1, math.ceil(to_seconds(options.lease_duration))),
+        unreachable_bound_s=to_seconds(options.lease_unreachable_timeout),
+    )
+    return NodeSlot(slot_config, HttpLeaseApi(config, namespace), log)
+
+
 def pull_settings(options: FetchOptions) -> PullSettings:
     return PullSettings(
         initial_attempt_timeout=to_seconds(options.initial_pull_attempt_timeout),
@@ -162,7 +201,13 @@ class FetchRun:
         self.log = log
         self.signal_name: str | None = None
         self.aborted = False  # the pulls could not run (CRI not answering, debug listing failed)
-        self.warnings: list[str] = []  # "<post-run step>: <why it failed>", for the summary's second write
+        # "<step>: <why it failed>": the node slot's (before the first write) and the post-run steps' (second write)
+        self.warnings: list[str] = []
+        self.waited: float | None = None  # seconds waited for a node slot, with --parallel-nodes
+        # The node slot of --parallel-nodes: built by the caller's hook (tests pass a fake), None without the cap.
+        self.node_slot: Callable[[], NodeSlot | str] | None = None
+        if options.parallel_nodes > 0:
+            self.node_slot = lambda: node_slot_for(options, log)
         self._phase: asyncio.Task[Any] | None = None
 
     async def main(self) -> int:
@@ -192,9 +237,12 @@ class FetchRun:
                 complete=report.complete,
             )
             if fatal is None:  # else the command line writes the `fatal` summary (DESIGN.md), as for bad input
-                write_termination_log(self.options.termination_log, build_summary(report), self.log)
+                write_termination_log(
+                    self.options.termination_log, build_summary(report, warnings=self.warnings), self.log
+                )
+            before_steps = len(self.warnings)
             await self._interruptible(self._post_run(report, cri, deadline))
-            if fatal is None and self.warnings:  # a failed step must reach the rollout report, not only the log
+            if fatal is None and len(self.warnings) > before_steps:  # a failed step must reach the rollout report
                 write_termination_log(
                     self.options.termination_log, build_summary(report, warnings=self.warnings), self.log
                 )
@@ -240,7 +288,43 @@ class FetchRun:
         )
         if self.options.debug:
             await self._debug_listing(cri, "before", deadline, fatal=True)
-        await engine.run(self.images, deadline)
+        if self.node_slot is None:
+            await engine.run(self.images, deadline)
+            return
+        await self._pull_in_slot(self.node_slot(), engine, deadline)
+
+    async def _pull_in_slot(self, slot: NodeSlot | str, engine: PullEngine, deadline: Deadline) -> None:
+        """--parallel-nodes: wait for a node slot (within the overall deadline), pull, release (also when cancelled)."""
+        if isinstance(slot, str):
+            self.log.warn("pulling without a node slot", reason=slot)
+            self.warnings.append(f"node slot: {slot}")
+            self.waited = 0.0
+            await engine.run(self.images, deadline)
+            return
+        from image_prefetcher.leases import waiting_note
+
+        if self.options.pull_policy == "IfNotPresent" and await engine.all_present(self.images, deadline):
+            # Nothing to pull (a restarted pod, a node that already has the list): no wait, no Lease write.
+            self.log.info("every image is present already, not waiting for a node slot")
+            self.waited = 0.0
+            await engine.run(self.images, deadline)
+            return
+        async with slot.hold(deadline) as outcome:
+            self.waited = outcome.waited_s
+            if outcome.warning:
+                self.warnings.append(f"node slot: {outcome.warning}")
+            if outcome.timed_out:
+                self._mark_waited_out(engine, waiting_note(outcome, slot.config.slots))
+                return
+            await engine.run(self.images, deadline)
+        if slot.lost:
+            self.warnings.append(f"node slot: {slot.lost}; more than --parallel-nodes nodes may have pulled at once")
+
+    def _mark_waited_out(self, engine: PullEngine, reason: str) -> None:
+        for image in self.images:
+            result = engine.results.setdefault(image, ImageResult(image))
+            result.outcome, result.ended_by_deadline = "failed", True
+            result.error = PullError("DEADLINE_EXCEEDED", reason)
 
     async def _debug_listing(self, cri: CriClient, stage: str, deadline: Deadline, fatal: bool) -> str | None:
         """The debug listing; returns the failure (after the pulls, where it is not fatal), else None."""
@@ -281,6 +365,7 @@ class FetchRun:
             seconds=time.monotonic() - started,
             complete=self.signal_name is None and not ended_early and not self.aborted,
             interrupted_by=self.signal_name,
+            waited=self.waited,
         )
 
     async def _post_run(self, report: RunReport, cri: CriClient | None, deadline: Deadline) -> None:

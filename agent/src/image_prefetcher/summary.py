@@ -28,6 +28,7 @@ class RunReport:
     seconds: float
     complete: bool
     interrupted_by: str | None = None  # "terminated" / "interrupt" when a signal stopped the run
+    waited: float | None = None  # seconds waited for a node slot (--parallel-nodes); None without the cap
 
     @property
     def all_succeeded(self) -> bool:
@@ -74,6 +75,8 @@ def build_summary(report: RunReport, limit: int = SUMMARY_LIMIT, warnings: Seque
         "seconds": round(report.seconds, 2),
         "attempts": report.attempts,
     }
+    if report.waited is not None:
+        base["waited"] = round(report.waited, 2)
 
     def build(kept_errors: int, kept_retries: int, truncated: bool, kept_notes: int = len(notes)) -> bytes:
         summary = {

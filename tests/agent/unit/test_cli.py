@@ -43,6 +43,8 @@ def test_defaults_match_upstream() -> None:
     assert (options.pull_policy, options.not_found, options.log_format) == ("Always", "retry", "text")
     assert options.cri_connect_timeout == 60 * SECOND
     assert options.termination_log == "/dev/termination-log"
+    assert (options.parallel_nodes, options.instance_name, options.lease_namespace) == (0, "", "")
+    assert (options.lease_duration, options.lease_unreachable_timeout) == (30 * SECOND, MINUTE)
 
 
 def test_mixed_flags_and_positionals() -> None:
@@ -91,6 +93,9 @@ def test_bool_flag_forms(argv: list[str], debug: bool, images: tuple[str, ...]) 
         (["--overall-timeout=-1s"], "--overall-timeout must be greater than 0, got -1s"),
         (["--initial-pull-attempt-delay=-1s"], "--initial-pull-attempt-delay must not be negative, got -1s"),
         (["--max-parallel-pulls=-1"], "--max-parallel-pulls must be 0 (unlimited) or more, got -1"),
+        (["--parallel-nodes=-2"], "--parallel-nodes must be 0 (unlimited) or more, got -2"),
+        (["--lease-duration=900ms"], "--lease-duration must be at least 1s, got 900ms"),
+        (["--lease-unreachable-timeout=-1s"], "--lease-unreachable-timeout must not be negative, got -1s"),
     ],
 )
 def test_flag_errors(argv: list[str], message: str) -> None:
@@ -141,6 +146,8 @@ def test_fetch_help_shows_go_defaults(capsys: pytest.CaptureFixture[str]) -> Non
         "(default 10m0s)",
         '(default "/run/containerd/containerd.sock")',
         "--max-parallel-pulls int",
+        "--parallel-nodes int",
+        "--lease-unreachable-timeout duration",
     ):
         assert text in out
 

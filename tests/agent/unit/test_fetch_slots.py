@@ -1,0 +1,183 @@
+"""`fetch --parallel-nodes`: the node slot around the pulls, in-process against a gRPC fake CRI and a fake Lease API.
+
+Real time, small durations; assertions on time are bounds taken from the settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import signal
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakecri import HANG, FakeCri
+from fakelease import NAMESPACE, FakeLeaseApi
+
+from image_prefetcher.cli import FETCH_FLAGS, fetch_options
+from image_prefetcher.credentials import ChainedCredentials
+from image_prefetcher.fetch import Extensions, FetchRun, node_slot_for
+from image_prefetcher.flags import parse_flags
+from image_prefetcher.incluster import InClusterConfig, load_incluster_config
+from image_prefetcher.leases import NodeSlot, SlotConfig
+from image_prefetcher.logs import configure_logging
+
+IMAGE = "registry.test:5000/team/app:v1"
+
+
+@pytest.fixture(autouse=True)
+def _no_cluster_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NODE_NAME", "INSTANCE_NAME", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def run_fetch(
+    tmp_path: Path,
+    api: FakeLeaseApi | str,
+    *flags: str,
+    script: dict[str, Any] | None = None,
+    during: Any = None,
+    present: set[str] | None = None,
+    **slot_settings: Any,
+) -> tuple[int, dict[str, Any], FakeCri]:
+    termination_log = tmp_path / "termination-log"
+    fake = FakeCri(tmp_path / "cri.sock", scripts=script or {}, present=set(present or ()))
+    argv = [f"--termination-log={termination_log}", f"--cri-socket={fake.socket_path}", "--parallel-nodes=1", *flags]
+    options = fetch_options(parse_flags(FETCH_FLAGS, argv))
+    log = configure_logging(True, "text", io.StringIO())
+    run = FetchRun(options, [IMAGE], ChainedCredentials([]), Extensions(), log)
+    config = SlotConfig(namespace=NAMESPACE, instance="pf", holder="node-1", slots=1, **slot_settings)
+    run.node_slot = (lambda: api) if isinstance(api, str) else (lambda: NodeSlot(config, api, log))
+
+    async def main() -> int:
+        async with fake:
+            task = asyncio.ensure_future(run.main())
+            if during is not None:
+                await during(run, fake)
+            return await asyncio.wait_for(task, 30)
+
+    code = asyncio.run(main())
+    return code, json.loads(termination_log.read_bytes()), fake
+
+
+def test_the_pulls_run_inside_the_slot_and_the_summary_says_how_long_the_node_waited(tmp_path: Path) -> None:
+    api = FakeLeaseApi()
+    code, summary, _fake = run_fetch(tmp_path, api)
+    assert code == 0
+    assert (summary["ok"], summary["complete"], summary["waited"]) == (1, True, 0.0)
+    assert "warnings" not in summary
+    assert [verb for verb, _ in api.calls] == ["list", "create", "update"]
+    assert api.holders() == {"pf-slot-0": ""}
+
+
+def test_without_parallel_nodes_there_is_no_waited_key(tmp_path: Path) -> None:
+    termination_log = tmp_path / "termination-log"
+    options = fetch_options(parse_flags(FETCH_FLAGS, [f"--termination-log={termination_log}"]))
+    run = FetchRun(options, [], ChainedCredentials([]), Extensions(), configure_logging(False, "text", io.StringIO()))
+    assert run.node_slot is None
+    assert asyncio.run(run.main()) == 0
+    assert "waited" not in json.loads(termination_log.read_bytes())
+
+
+def test_a_wait_that_outlasts_the_overall_timeout_fails_the_images_with_the_reason(tmp_path: Path) -> None:
+    api = FakeLeaseApi()
+    api.put("pf-slot-0", "node-busy")
+
+    async def keep_renewing(_run: FetchRun, _fake: FakeCri) -> None:
+        for _ in range(20):
+            await asyncio.sleep(0.2)
+            api.touch("pf-slot-0")
+
+    code, summary, fake = run_fetch(tmp_path, api, "--overall-timeout=2s", during=keep_renewing)
+    assert code == 0 and fake.calls == []
+    assert (summary["failed"], summary["complete"]) == (1, False)
+    assert 2.0 <= summary["waited"] < 4.0
+    assert summary["errors"][IMAGE].startswith("timeout: the overall timeout passed while waiting 2s for a node slot")
+    assert api.holders() == {"pf-slot-0": "node-busy"}
+
+
+def test_sigterm_while_pulling_releases_the_slot(tmp_path: Path) -> None:
+    api = FakeLeaseApi()
+
+    async def terminate(run: FetchRun, fake: FakeCri) -> None:
+        while not fake.calls:
+            await asyncio.sleep(0.01)
+        assert api.holders() == {"pf-slot-0": "node-1"}
+        run._on_signal(signal.SIGTERM)  # as the loop's handler does
+
+    code, summary, fake = run_fetch(tmp_path, api, script={IMAGE: [HANG]}, during=terminate)
+    assert code == 128 + signal.SIGTERM
+    assert summary["complete"] is False
+    assert api.holders() == {"pf-slot-0": ""}
+    assert fake.calls[0].cancelled
+
+
+def test_no_slot_to_be_had_pulls_anyway_and_warns(tmp_path: Path) -> None:
+    code, summary, _ = run_fetch(tmp_path, "no instance name (--instance-name or INSTANCE_NAME), pulled without ...")
+    assert code == 0 and summary["ok"] == 1 and summary["waited"] == 0.0
+    assert summary["warnings"] == ["node slot: no instance name (--instance-name or INSTANCE_NAME), pulled without ..."]
+
+
+def test_an_unreachable_lease_api_pulls_after_the_bound_and_warns(tmp_path: Path) -> None:
+    api = FakeLeaseApi(down=True)
+    code, summary, _ = run_fetch(tmp_path, api, unreachable_bound_s=0.0)
+    assert code == 0 and summary["ok"] == 1
+    (warning,) = summary["warnings"]
+    assert warning.startswith("node slot: the Lease API did not answer for 0s, pulled without a node slot")
+
+
+# --- node_slot_for: where the settings come from ----------------------------------------------------------------------
+
+
+def options(*flags: str) -> Any:
+    return fetch_options(parse_flags(FETCH_FLAGS, ["--parallel-nodes=2", *flags]))
+
+
+Load = Callable[[Mapping[str, str]], InClusterConfig]
+
+
+@pytest.fixture
+def load(tmp_path: Path) -> Load:
+    (tmp_path / "token").write_text("secret-token")
+    (tmp_path / "ca.crt").write_text("x")
+    (tmp_path / "namespace").write_text("sa-ns")
+    return lambda env: load_incluster_config(env, tmp_path)
+
+
+CLUSTER = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443", "NODE_NAME": "node-7"}
+
+
+def test_node_slot_settings_from_the_downward_api(load: Load, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODE_NAME", "node-7")
+    log = configure_logging(False, "text", io.StringIO())
+    slot = node_slot_for(options("--lease-duration=20500ms"), log, {**CLUSTER, "INSTANCE_NAME": "pf"}, load)
+    assert isinstance(slot, NodeSlot)
+    assert slot.config == SlotConfig("sa-ns", "pf", "node-7", 2, 21, 60.0)
+    env = {**CLUSTER, "INSTANCE_NAME": "pf", "POD_NAMESPACE": "pod-ns"}
+    slot = node_slot_for(options("--instance-name=other"), log, env, load)
+    assert isinstance(slot, NodeSlot) and (slot.config.namespace, slot.config.instance) == ("pod-ns", "other")
+    slot = node_slot_for(options("--lease-namespace=flag-ns"), log, env, load)
+    assert isinstance(slot, NodeSlot) and slot.config.namespace == "flag-ns"
+
+
+def test_node_slot_problems_are_reasons_not_errors(load: Load) -> None:
+    log = configure_logging(False, "text", io.StringIO())
+    missing = node_slot_for(options(), log, CLUSTER, load)
+    assert missing == (
+        "no instance name (--instance-name or INSTANCE_NAME), pulled without a node slot "
+        "(--parallel-nodes 2 not enforced)"
+    )
+    outside = node_slot_for(options(), log, {"INSTANCE_NAME": "pf"}, load)
+    assert isinstance(outside, str) and outside.startswith("no Kubernetes client (unable to load in-cluster")
+    assert "secret-token" not in outside
+
+
+def test_with_if_not_present_and_every_image_there_no_slot_is_waited_for(tmp_path: Path) -> None:
+    api = FakeLeaseApi()
+    api.put("pf-slot-0", "node-busy")
+    code, summary, fake = run_fetch(tmp_path, api, "--pull-policy=IfNotPresent", script={}, present={IMAGE})
+    assert code == 0 and (summary["skipped"], summary["waited"]) == (1, 0.0)
+    assert api.calls == [] and fake.calls == []
