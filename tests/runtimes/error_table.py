@@ -64,8 +64,8 @@ def cells(records: list[dict[str, str]]) -> dict[tuple[str, str], str]:
         key = (fault_key(record["test"]), record["runtime"])
         if key[0] not in FAULTS:
             continue
-        cell = (f"`{record['code'] or '?'}` → **{classify(_STATUS_NAMES.get(record['code'], record['code']), record['text']).value}**<br>"
-                f"{normalise(record['text'])}")
+        klass = classify(_STATUS_NAMES.get(record["code"], record["code"]), record["text"]).value
+        cell = f"`{record['code'] or '?'}` → **{klass}**<br>{normalise(record['text'])}"
         if cell not in seen[key]:
             seen[key].append(cell)
     return {key: "<br>".join(found[:1]) for key, found in seen.items()}
