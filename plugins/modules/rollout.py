@@ -86,8 +86,8 @@ options:
     description:
       - >-
         While waiting, print one progress line for this host when something changed, at most one every this many
-        seconds, and none during the first interval, for example C(prod-east: 7/20 nodes done (6 succeeded, 1
-        failed), 11 pulling, 2 not started; slowest: node-4 pulling for 2m05s). V(0) prints none.
+        seconds, and none during the first interval, for example C(prod-east: 7/20 nodes done, 11 pulling, 2 not
+        started; slowest: node-4 pulling for 2m05s). V(0) prints none.
       - Printed by the module's action plugin on the controller while the module runs there (a local connection, as
         with the role's default C(images_delegate_to=localhost)). When the module runs on another host, or with
         C(async), no progress line is printed; the result is the same.
