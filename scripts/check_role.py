@@ -22,6 +22,7 @@ PREFIX = "stackrox.prefetch."
 NOT_EXPOSED = {
     ("apply", "state"): "set by the role from images_state",
     ("apply", "objects"): "the rendered objects of the manifest task",
+    ("rollout", "progress_file"): "set by the rollout action plugin, never by users",
     ("report", "basename"): "the role names the files after the inventory host (the result's cluster)",
 }
 # Module option type -> role variable types that may feed it.

@@ -736,6 +736,8 @@ class RolloutWaiter:
     timeout: float
     clock: Callable[[], float] = time.monotonic
     watch_slice: int = 30
+    # Called with the state after every batch of watch events while waiting (live progress, _progress.py).
+    on_progress: Optional[Callable[[WatchState], None]] = None
 
     @property
     def target(self) -> str:
@@ -755,6 +757,8 @@ class RolloutWaiter:
                 progress = self._evaluate(state)
                 if progress.done:
                     return state
+                if self.on_progress is not None:
+                    self.on_progress(state)
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     self._fail_timeout(state, progress)

@@ -82,6 +82,22 @@ options:
     description: The metrics Service's HTTP port, by name or number.
     type: str
     default: http
+  progress_interval:
+    description:
+      - >-
+        While waiting, print one progress line for this host when something changed, at most one every this many
+        seconds, and none during the first interval, for example C(prod-east: 7/20 nodes done, 11 pulling, 2 not
+        started; slowest: node-4 pulling for 2m05s). V(0) prints none.
+      - Printed by the module's action plugin on the controller while the module runs there (a local connection, as
+        with the role's default C(images_delegate_to=localhost)). When the module runs on another host, or with
+        C(async), no progress line is printed; the result is the same.
+    type: int
+    default: 10
+  progress_file:
+    description:
+      - Set by the module's action plugin, not by users. The file the module replaces with a JSON snapshot of the
+        rollout (node counts by status, the slowest node) whenever it changes, for the progress lines.
+    type: path
 seealso:
   - module: stackrox.prefetch.apply
 """
@@ -273,6 +289,7 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
     ValidationError,
 )
 from ansible_collections.stackrox.prefetch.plugins.module_utils._interrupt import guard
+from ansible_collections.stackrox.prefetch.plugins.module_utils._progress import SnapshotWriter
 from ansible_collections.stackrox.prefetch.plugins.module_utils._rollout import (
     RolloutWaiter,
     metrics_summary,
@@ -290,6 +307,8 @@ def argument_spec() -> dict[str, t.Any]:
         fail_on_pull_error={"type": "bool", "default": True},
         collect_metrics={"type": "bool", "default": False},
         metrics_port={"type": "str", "default": "http"},
+        progress_interval={"type": "int", "default": 10},
+        progress_file={"type": "path"},
     )
     return spec
 
@@ -297,6 +316,9 @@ def argument_spec() -> dict[str, t.Any]:
 def validate(params: dict[str, t.Any]) -> None:
     if params["timeout"] <= 0:
         raise ValidationError(f"timeout must be a positive number of seconds, got {params['timeout']}")
+    if params["progress_interval"] < 0:
+        interval = params["progress_interval"]
+        raise ValidationError(f"progress_interval must be 0 (none) or a number of seconds, got {interval}")
     for option in ("name", "namespace", "metrics_port"):
         if not str(params[option]).strip():
             raise ValidationError(f"{option} must not be empty")
@@ -318,6 +340,8 @@ def run(module: AnsibleModule) -> None:
     deadline = time.monotonic() + params["timeout"]  # also the bound of every retry (the api_retries notes)
     cluster = Cluster(build_api_client(params, os.environ), deadline=deadline)
     waiter = RolloutWaiter(cluster, params["name"], params["namespace"], float(params["timeout"]))
+    if params["progress_file"] and params["progress_interval"] > 0:
+        waiter.on_progress = SnapshotWriter(params["progress_file"], waiter.report)
     daemonset = waiter.existing_daemonset()
     if daemonset is None:
         if module.check_mode:

@@ -41,6 +41,10 @@ def fail(args: dict[str, t.Any]) -> dict[str, t.Any]:
         ({"name": "imgs", "namespace": "p", "timeout": -5}, "timeout must be a positive number of seconds, got -5"),
         ({"name": " ", "namespace": "p"}, "name must not be empty"),
         ({"name": "imgs", "namespace": "p", "metrics_port": ""}, "metrics_port must not be empty"),
+        (
+            {"name": "imgs", "namespace": "p", "progress_interval": -1},
+            "progress_interval must be 0 (none) or a number of seconds, got -1",
+        ),
     ],
 )
 def test_invalid_options_fail_before_any_connection(args: dict[str, t.Any], message: str) -> None:
@@ -139,3 +143,21 @@ def test_one_warning_per_node_whose_agent_reported_warnings(no_cluster: mock.Mag
     ]
     assert result["nodes"][1]["warnings"] == [denied, "metrics submission: gave up"]
     assert result["changed"] is False and "failed" not in result
+
+
+@pytest.mark.parametrize(("extra", "hooked"), [({"progress_file": "/p.json"}, True), ({}, False),
+                                              ({"progress_file": "/p.json", "progress_interval": 0}, False)])
+def test_a_progress_file_from_the_action_plugin_hooks_the_snapshot_writer(
+    no_cluster: mock.MagicMock, extra: dict[str, t.Any], hooked: bool
+) -> None:
+    waiter = mock.MagicMock(on_progress=None)
+    waiter.report.return_value = {"nodes": [], "totals": {"nodes_failed": 0}, "daemonset": {}}
+    no_cluster.side_effect = None
+    with module_args({"name": "imgs", "namespace": "p", **extra}):
+        module = basic.AnsibleModule(argument_spec=rollout.argument_spec(), supports_check_mode=True)
+    with mock.patch.object(rollout, "Cluster"), mock.patch.object(rollout, "RolloutWaiter", return_value=waiter), \
+            pytest.raises(AnsibleExitJson):
+        rollout.run(module)
+    assert isinstance(waiter.on_progress, rollout.SnapshotWriter) is hooked
+    if hooked:
+        assert waiter.on_progress.path == "/p.json"

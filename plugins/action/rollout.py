@@ -1,0 +1,123 @@
+# Copyright: stackrox.prefetch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin ``stackrox.prefetch.rollout``: runs the module once, as Ansible would, and prints progress lines
+while it waits.
+
+The module keeps its single list + watch (no rounds: a new module run per round would pay the start-up, the
+kubernetes client import and three fresh lists each time, and lose what it saw of deleted nodes). It replaces a
+small JSON snapshot in a file this plugin gives it (``progress_file``) whenever the rollout changes; the plugin runs
+the module in a thread, polls that file and prints ``_progress.progress_line`` through Ansible's display (which a
+worker process forwards to the controller's output at once), rate-limited by ``_progress.Throttle``.
+
+The file is only readable here when the module runs on this machine (a local connection, the role's default
+``images_delegate_to: localhost``); on another host, with ``async`` or ``progress_interval: 0`` the module runs
+exactly as without this plugin and no line is printed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import shutil
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+from ansible.utils.vars import merge_hash
+
+from ansible_collections.stackrox.prefetch.plugins.module_utils._progress import (
+    Throttle,
+    change_key,
+    progress_line,
+    read_snapshot,
+)
+
+display = Display()
+POLL_SECONDS = 0.5
+DEFAULT_INTERVAL = 10
+
+
+def progress_interval(value: Any) -> int:
+    """The option as the module will read it; a value it will refuse means no progress (the module says why)."""
+    if value is None:
+        return DEFAULT_INTERVAL
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def follow(
+    path: str,
+    host: str,
+    interval: float,
+    running: Callable[[float], bool],
+    show: Callable[[str], None],
+    monotonic: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+) -> int:
+    """Print progress lines from the snapshot file while ``running(poll)`` says the module runs; the line count."""
+    throttle = Throttle(interval, monotonic())
+    printed = 0
+    while running(POLL_SECONDS):
+        snap = read_snapshot(path)
+        if snap is not None and throttle.offer(change_key(snap), monotonic()):
+            show(progress_line(host, snap, wall()))
+            printed += 1
+    return printed
+
+
+class ActionModule(ActionBase):
+    _supports_check_mode = True
+    _supports_async = True
+
+    def run(self, tmp: Any = None, task_vars: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        result = super().run(tmp, task_vars)
+        del tmp  # tmp no longer has any effect
+        task_vars = task_vars or {}
+        wrap_async = self._task.async_val and not self._connection.has_native_async
+        interval = progress_interval(self._task.args.get("progress_interval"))
+        local = getattr(self._connection, "transport", "") == "local"
+        if wrap_async or interval <= 0 or not local:
+            result = merge_hash(result, self._execute_module(task_vars=task_vars, wrap_async=wrap_async))
+        else:
+            host = str(task_vars.get("inventory_hostname") or "")
+            result = merge_hash(result, self._execute_with_progress(task_vars, host, interval))
+        if not wrap_async:
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+        return result
+
+    def _execute_with_progress(self, task_vars: dict[str, Any], host: str, interval: int) -> dict[str, Any]:
+        directory = tempfile.mkdtemp(prefix="prefetch-progress-")
+        args = dict(self._task.args, progress_file=os.path.join(directory, "progress.json"))
+        outcome: dict[str, Any] = {}
+
+        def execute() -> None:
+            try:
+                outcome["result"] = self._execute_module(module_args=args, task_vars=task_vars)
+            except BaseException as error:  # re-raised in the worker's own thread below
+                outcome["error"] = error
+
+        # The module runs in a thread with this thread's context: ansible-core keeps task state in context variables,
+        # which a new thread would not see.
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(execute,), name="rollout-module", daemon=True)
+        try:
+            thread.start()
+
+            def running(poll: float) -> bool:
+                thread.join(poll)
+                return thread.is_alive()
+
+            follow(args["progress_file"], host or "?", interval, running, display.display)
+            thread.join()
+        finally:
+            # Interrupted (KeyboardInterrupt in this worker), the worker leaves without waiting for the module, as it
+            # would without this plugin: the module's own watchdog ends it once its output pipe has no reader.
+            shutil.rmtree(directory, ignore_errors=True)
+        if "error" in outcome:
+            raise outcome["error"]
+        return dict(outcome["result"])
