@@ -26,6 +26,8 @@ N Leases `<instance>-slot-<i>` (i = 0..N-1) in the instance's namespace; a node 
   and says so in a warning (summary `warnings`). A cap that blocks every node while the API server is down would
   turn an API outage into a prefetch outage; the warning makes the lifted cap visible in `rollout`.
 * The wait counts against `--overall-timeout` (the caller's Deadline) and is reported (`waited` in the summary).
+* `--canary`: one more Lease, `<instance>-canary`; its holder pulls alone first and, once its run completed,
+  publishes its permanent failures on it (`canary_*` below); later nodes of the same list skip those images.
 
 Pure decision logic (functions over Lease dicts and clock readings) is kept apart from the I/O (`NodeSlot`, the
 async adapter, over a `LeaseApi`; `HttpLeaseApi` is the real one), so the unit tests drive it with a fake API.
