@@ -105,6 +105,11 @@ def _shorten(text: str, limit: int) -> str:
     return text[:head] + "..." + text[len(text) - (kept - head) :]
 
 
+def shorten_detail(text: str) -> str:
+    """A detail cut to the summary's DETAIL_LIMIT (its middle goes)."""
+    return _shorten(text, DETAIL_LIMIT)
+
+
 def classify(code: str, details: str) -> ErrorClass:
     """Map a gRPC status (as containerd/CRI-O report pull failures) to an error class."""
     if _INVALID_REFERENCE.search(details):

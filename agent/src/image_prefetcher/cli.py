@@ -70,6 +70,13 @@ FETCH_FLAGS: tuple[Flag, ...] = (
         1 * MINUTE,
         "How long the API server may not answer while waiting for a node slot before pulling without one.",
     ),
+    Flag(
+        "canary",
+        "bool",
+        False,
+        "With --parallel-nodes: the first node pulls alone first; the images it finds invalid or missing "
+        "(--not-found=fail) are skipped by every later node.",
+    ),
 )
 
 AGGREGATE_FLAGS: tuple[Flag, ...] = (
@@ -107,6 +114,7 @@ class FetchOptions:
     lease_namespace: str
     lease_duration: int
     lease_unreachable_timeout: int
+    canary: bool
     positional_images: tuple[str, ...]
 
 
@@ -140,6 +148,8 @@ def validate_fetch(options: FetchOptions) -> None:
         raise FlagError(f"--parallel-nodes must be 0 (unlimited) or more, got {options.parallel_nodes}")
     if options.lease_duration < SECOND:  # leaseDurationSeconds is a whole number of seconds, at least 1
         raise FlagError(f"--lease-duration must be at least 1s, got {format_duration(options.lease_duration)}")
+    if options.canary and options.parallel_nodes <= 0:
+        raise FlagError("--canary needs --parallel-nodes N > 0 (the canary is found through the node-slot Leases)")
     if options.lease_unreachable_timeout < 0:
         shown = format_duration(options.lease_unreachable_timeout)
         raise FlagError(f"--lease-unreachable-timeout must not be negative, got {shown}")

@@ -143,11 +143,10 @@ class PullEngine:
 
     async def run(self, images: Sequence[str], deadline: Deadline) -> dict[str, ImageResult]:
         """Pull each unique image (list order kept in `results`); returns when every image has ended."""
-        for image in images:
-            self.results.setdefault(image, ImageResult(image))
+        todo = [self.results.setdefault(image, ImageResult(image)) for image in dict.fromkeys(images)]
         limit = self.settings.max_parallel_pulls
         slots: asyncio.Semaphore | None = asyncio.Semaphore(limit) if limit > 0 else None
-        await asyncio.gather(*(self._pull_image_safely(result, deadline, slots) for result in self.results.values()))
+        await asyncio.gather(*(self._pull_image_safely(result, deadline, slots) for result in todo))
         return self.results
 
     async def all_present(self, images: Sequence[str], deadline: Deadline) -> bool:

@@ -22,14 +22,14 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc.aio
 from google.protobuf import text_format
 
-from image_prefetcher.classify import PullError
+from image_prefetcher.classify import ErrorClass, PullError, final_failure, shorten_detail
 from image_prefetcher.cli import FetchOptions
 from image_prefetcher.credentials import ChainedCredentials, CredentialSource, load_docker_config
 from image_prefetcher.cri import CriClient, rpc_error, wait_for_runtime
@@ -120,13 +120,14 @@ def node_name() -> str:
 def node_slot_for(
     options: FetchOptions,
     log: Logger,
+    images: Sequence[str] = (),
     environ: Mapping[str, str] | None = None,
     load_config: Callable[[Mapping[str, str]], InClusterConfig] | None = None,
 ) -> NodeSlot | str:
     """The node-slot semaphore of `--parallel-nodes` (DESIGN.md), or why there is none (the node then pulls
     without a slot and the summary warns: a missing setting must not stop the prefetch). Imported only when used."""
     from image_prefetcher.incluster import InClusterError, load_incluster_config
-    from image_prefetcher.leases import HttpLeaseApi, NodeSlot, SlotConfig
+    from image_prefetcher.leases import HttpLeaseApi, NodeSlot, SlotConfig, list_fingerprint
 
     env = os.environ if environ is None else environ
     unenforced = f"--parallel-nodes {options.parallel_nodes} not enforced"
@@ -147,8 +148,26 @@ def node_slot_for(
         slots=options.parallel_nodes,
         lease_duration_s=max(1, math.ceil(to_seconds(options.lease_duration))),
         unreachable_bound_s=to_seconds(options.lease_unreachable_timeout),
+        canary=options.canary,
+        list_hash=list_fingerprint(images, options.not_found == "fail"),
     )
     return NodeSlot(slot_config, HttpLeaseApi(config, namespace), log)
+
+
+def permanent_failures(results: Iterable[ImageResult], not_found_fails: bool) -> dict[str, tuple[str, str]]:
+    """The canary's findings: images whose failure no other node can fix by trying again (an invalid reference;
+    not found under --not-found=fail), as (gRPC code, details) with the details cut to the summary's length."""
+    found: dict[str, tuple[str, str]] = {}
+    for result in results:
+        if result.outcome != "failed" or result.ended_by_deadline or result.error is not None:
+            continue
+        failure = final_failure(result.history)
+        if failure is None or failure.note:
+            continue
+        kind = failure.error_class
+        if kind is ErrorClass.INVALID_REFERENCE or (kind is ErrorClass.NOT_FOUND and not_found_fails):
+            found[result.image] = (failure.error.code, shorten_detail(failure.error.details))
+    return found
 
 
 def pull_settings(options: FetchOptions) -> PullSettings:
@@ -207,7 +226,8 @@ class FetchRun:
         # The node slot of --parallel-nodes: built by the caller's hook (tests pass a fake), None without the cap.
         self.node_slot: Callable[[], NodeSlot | str] | None = None
         if options.parallel_nodes > 0:
-            self.node_slot = lambda: node_slot_for(options, log)
+            self.node_slot = lambda: node_slot_for(options, log, self.images)
+        self.canary = False  # this node was the canary
         self._phase: asyncio.Task[Any] | None = None
 
     async def main(self) -> int:
@@ -316,9 +336,36 @@ class FetchRun:
             if outcome.timed_out:
                 self._mark_waited_out(engine, waiting_note(outcome, slot.config.slots))
                 return
-            await engine.run(self.images, deadline)
+            self.canary = slot.is_canary
+            await engine.run(self._skip_canary_findings(engine, slot), deadline)
+            if slot.is_canary and self.signal_name is None:
+                ended = [engine.results[image] for image in self.images]
+                if not any(r.ended_by_deadline or r.outcome == "pending" for r in ended):
+                    # Only a complete run speaks for the list; else the next node becomes the canary.
+                    slot.publish(permanent_failures(ended, self.options.not_found == "fail"))
         if slot.lost:
             self.warnings.append(f"node slot: {slot.lost}; more than --parallel-nodes nodes may have pulled at once")
+
+    def _skip_canary_findings(self, engine: PullEngine, slot: NodeSlot) -> list[str]:
+        """The images to pull: those the canary found permanently failed are reported failed with its reason and
+        name instead (not pulled again on every node)."""
+        todo = []
+        for image in self.images:
+            found = slot.findings.get(image)
+            if found is None:
+                todo.append(image)
+                continue
+            code, details = found
+            result = engine.results.setdefault(image, ImageResult(image))
+            result.outcome = "failed"
+            result.error = PullError(code, f"{details} (found by the canary node {slot.canary_node or 'unknown'})")
+            self.log.error(
+                "not pulling, the canary node found the image failing",
+                image=image,
+                error=details,
+                canary=slot.canary_node,
+            )
+        return todo
 
     def _mark_waited_out(self, engine: PullEngine, reason: str) -> None:
         for image in self.images:
@@ -366,6 +413,7 @@ class FetchRun:
             complete=self.signal_name is None and not ended_early and not self.aborted,
             interrupted_by=self.signal_name,
             waited=self.waited,
+            canary=self.canary,
         )
 
     async def _post_run(self, report: RunReport, cri: CriClient | None, deadline: Deadline) -> None:

@@ -26,6 +26,8 @@ N Leases `<instance>-slot-<i>` (i = 0..N-1) in the instance's namespace; a node 
   and says so in a warning (summary `warnings`). A cap that blocks every node while the API server is down would
   turn an API outage into a prefetch outage; the warning makes the lifted cap visible in `rollout`.
 * The wait counts against `--overall-timeout` (the caller's Deadline) and is reported (`waited` in the summary).
+* `--canary`: one more Lease, `<instance>-canary`; its holder pulls alone first and, once its run completed,
+  publishes its permanent failures on it (`canary_*` below); later nodes of the same list skip those images.
 
 Pure decision logic (functions over Lease dicts and clock readings) is kept apart from the I/O (`NodeSlot`, the
 async adapter, over a `LeaseApi`; `HttpLeaseApi` is the real one), so the unit tests drive it with a fake API.
@@ -35,10 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
@@ -74,9 +77,15 @@ class SlotConfig:
     lease_duration_s: int = DEFAULT_LEASE_DURATION_S
     unreachable_bound_s: float = DEFAULT_UNREACHABLE_S
     poll_interval_s: float = POLL_INTERVAL_S
+    canary: bool = False  # --canary: the first node pulls alone and publishes its permanent failures
+    list_hash: str = ""  # `list_fingerprint` of this run's list: a canary's findings hold for that list only
 
     def slot_names(self) -> list[str]:
         return [slot_name(self.instance, i) for i in range(self.slots)]
+
+    @property
+    def canary_name(self) -> str:
+        return f"{self.instance}-canary"
 
     @property
     def renew_interval_s(self) -> float:
@@ -256,6 +265,85 @@ def release_body(lease: Lease, holder: str, now_wall: float) -> Lease:
     return released
 
 
+# --- the canary (pure) ------------------------------------------------------------------------------------------------
+
+CANARY_DONE = "prefetch.stackrox.io/canary-done"  # "true" once the canary's run completed
+CANARY_LIST = "prefetch.stackrox.io/canary-list"  # the list_fingerprint the canary pulled
+CANARY_FAILURES = "prefetch.stackrox.io/canary-failures"  # JSON {image: [gRPC code, details]}
+CANARY_NODE = "prefetch.stackrox.io/canary-node"
+MAX_FINDINGS_BYTES = 8192  # of the failures annotation (an object's annotations may hold 256 KiB in all)
+
+Findings = dict[str, tuple[str, str]]  # image -> (gRPC status code name, details) of a permanent failure
+CanaryState = Literal["claim", "wait", "done"]
+
+
+def list_fingerprint(images: Sequence[str], not_found_fails: bool) -> str:
+    """Identifies what a canary's findings are valid for: the unique images and whether NOT_FOUND is final."""
+    text = "\n".join(sorted(set(images))) + f"\nnot-found={'fail' if not_found_fails else 'retry'}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def canary_state(config: SlotConfig, lease: Lease | None, unchanged_for: float) -> CanaryState:
+    """`done`: a canary finished this very list (read its findings, then take a slot as usual); `claim`: become the
+    canary (none yet, a free or expired one, ours, or a finished one of another list); `wait`: a live canary pulls."""
+    if lease is None:
+        return "claim"
+    notes = annotations_of(lease)
+    if notes.get(CANARY_LIST) == config.list_hash and notes.get(CANARY_DONE) == "true":
+        return "done"
+    holder = holder_of(lease)
+    if not holder or holder == config.holder:
+        return "claim"
+    if unchanged_for >= lease_duration_of(lease, config.lease_duration_s):
+        return "claim"  # the canary died: take over
+    return "wait"
+
+
+def canary_findings(lease: Lease) -> tuple[str, Findings]:
+    """The canary node's name and its published permanent failures (entries that do not parse are ignored)."""
+    notes = annotations_of(lease)
+    try:
+        decoded = json.loads(notes.get(CANARY_FAILURES) or "{}")
+    except ValueError:
+        decoded = {}
+    findings: Findings = {}
+    if isinstance(decoded, dict):
+        for image, entry in decoded.items():
+            if isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry):
+                findings[str(image)] = (entry[0], entry[1])
+    return notes.get(CANARY_NODE, ""), findings
+
+
+def encode_findings(findings: Mapping[str, tuple[str, str]], limit: int = MAX_FINDINGS_BYTES) -> str:
+    """Compact JSON of at most `limit` bytes: the entries that do not fit are left out (the later nodes then try
+    those images themselves, which is safe)."""
+    kept: dict[str, list[str]] = {}
+    for image, (code, details) in findings.items():
+        trial = {**kept, image: [code, details]}
+        if len(json.dumps(trial, separators=(",", ":"), ensure_ascii=False).encode()) > limit:
+            continue
+        kept = trial
+    return json.dumps(kept, separators=(",", ":"), ensure_ascii=False)
+
+
+def canary_claim_body(config: SlotConfig, candidate: Candidate, now_wall: float) -> Lease:
+    lease = claim_body(config, candidate, now_wall)
+    metadata = lease.setdefault("metadata", {})
+    notes = {k: v for k, v in annotations_of(lease).items() if k not in (CANARY_DONE, CANARY_FAILURES)}
+    metadata["annotations"] = {**notes, CANARY_LIST: config.list_hash, CANARY_NODE: config.holder}
+    return lease
+
+
+def canary_release_body(config: SlotConfig, lease: Lease, now_wall: float, findings: Findings | None) -> Lease:
+    """Released; with findings (the canary's run completed) also marked done for its list, so later nodes skip."""
+    released = release_body(lease, config.holder, now_wall)
+    if findings is not None:
+        released["metadata"]["annotations"].update(
+            {CANARY_DONE: "true", CANARY_LIST: config.list_hash, CANARY_FAILURES: encode_findings(findings)}
+        )
+    return released
+
+
 def poll_delay(config: SlotConfig, rand: Callable[[], float] = random.random) -> float:
     return config.poll_interval_s * (1 - POLL_JITTER + 2 * POLL_JITTER * rand())
 
@@ -410,6 +498,10 @@ class NodeSlot:
         self._renewer: asyncio.Task[None] | None = None
         self.lost: str | None = None  # why the slot was lost while pulling
         self.api_writes = 0
+        self.is_canary = False  # this node holds the canary Lease instead of a slot
+        self.canary_node = ""  # with a finished canary: its node and findings, for the images to skip
+        self.findings: Findings = {}
+        self._publish: Findings | None = None  # the canary's own findings, written on release
 
     @property
     def held(self) -> str | None:
@@ -462,16 +554,26 @@ class NodeSlot:
         self._log.warn("pulling without a node slot", reason=warning)
         return SlotOutcome(waited_s=waited, warning=warning)
 
+    def publish(self, findings: Findings) -> None:
+        """The canary's run completed: its permanent failures go on the canary Lease when it is released."""
+        self._publish = dict(findings)
+
     async def _try_once(self, timeout: float) -> str | None:
         """One LIST, then a claim on each takeable slot in turn; the slot taken, or None (all held, or lost races)."""
         loop = asyncio.get_running_loop()
         names = set(self.config.slot_names())
+        if self.config.canary:
+            names.add(self.config.canary_name)
         leases = {
             str(_metadata(lease).get("name")): lease
             for lease in await self._api.list(timeout)
             if _metadata(lease).get("name") in names
         }
         self._observations.observe(leases, loop.time())
+        if self.config.canary:
+            canary = leases.pop(self.config.canary_name, None)
+            if not await self._canary_allows(canary, timeout):
+                return self.config.canary_name if self.is_canary else None
         for candidate in candidates(
             self.config, leases, self._observations, loop.time(), self._wall(), shuffle=self._shuffle
         ):
@@ -485,8 +587,30 @@ class NodeSlot:
             return candidate.name
         return None
 
-    async def _claim(self, candidate: Candidate, timeout: float) -> None:
-        body = claim_body(self.config, candidate, self._wall())
+    async def _canary_allows(self, lease: Lease | None, timeout: float) -> bool:
+        """--canary: True when a canary finished this list (its findings are read); else this node tries to become
+        the canary (`is_canary` on success) or waits for the live one: False."""
+        name = self.config.canary_name
+        state = canary_state(
+            self.config, lease, self._observations.unchanged_for(name, asyncio.get_running_loop().time())
+        )
+        if state == "done" and lease is not None:
+            self.canary_node, self.findings = canary_findings(lease)
+            return True
+        if state == "claim":
+            candidate = Candidate(name, lease, "free" if lease is not None else "absent")
+            try:
+                await self._claim(candidate, timeout, canary_claim_body(self.config, candidate, self._wall()))
+            except LeaseApiError as err:
+                if not err.conflict and err.status != 404:
+                    raise
+                return False
+            self.is_canary = True
+            self._log.info("this node is the canary: it pulls alone first")
+        return False
+
+    async def _claim(self, candidate: Candidate, timeout: float, body: Lease | None = None) -> None:
+        body = body if body is not None else claim_body(self.config, candidate, self._wall())
         call = self._api.create(body, timeout) if candidate.lease is None else self._api.update(body, timeout)
         write = asyncio.ensure_future(call)
         self.api_writes += 1
@@ -584,9 +708,13 @@ class NodeSlot:
             lease = self._lease
             if lease is None:
                 return
+            if self.is_canary:
+                body = canary_release_body(self.config, lease, self._wall(), self._publish)
+            else:
+                body = release_body(lease, self.config.holder, self._wall())
             try:
                 self.api_writes += 1
-                await self._api.update(release_body(lease, self.config.holder, self._wall()), RELEASE_TIMEOUT_S)
+                await self._api.update(body, RELEASE_TIMEOUT_S)
                 return
             except LeaseApiError as err:
                 if err.status == 404:

@@ -29,6 +29,7 @@ class RunReport:
     complete: bool
     interrupted_by: str | None = None  # "terminated" / "interrupt" when a signal stopped the run
     waited: float | None = None  # seconds waited for a node slot (--parallel-nodes); None without the cap
+    canary: bool = False  # this node was the canary (--canary): it pulled alone first
 
     @property
     def all_succeeded(self) -> bool:
@@ -77,6 +78,8 @@ def build_summary(report: RunReport, limit: int = SUMMARY_LIMIT, warnings: Seque
     }
     if report.waited is not None:
         base["waited"] = round(report.waited, 2)
+    if report.canary:
+        base["canary"] = True
 
     def build(kept_errors: int, kept_retries: int, truncated: bool, kept_notes: int = len(notes)) -> bytes:
         summary = {

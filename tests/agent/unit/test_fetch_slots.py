@@ -13,16 +13,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
-from fakecri import HANG, FakeCri
+from fakecri import HANG, FakeCri, fail
 from fakelease import NAMESPACE, FakeLeaseApi
 
+from image_prefetcher import leases
 from image_prefetcher.cli import FETCH_FLAGS, fetch_options
 from image_prefetcher.credentials import ChainedCredentials
 from image_prefetcher.fetch import Extensions, FetchRun, node_slot_for
-from image_prefetcher.flags import parse_flags
+from image_prefetcher.flags import FlagError, parse_flags
 from image_prefetcher.incluster import InClusterConfig, load_incluster_config
-from image_prefetcher.leases import NodeSlot, SlotConfig
+from image_prefetcher.leases import NodeSlot, SlotConfig, holder_of, list_fingerprint
 from image_prefetcher.logs import configure_logging
 
 IMAGE = "registry.test:5000/team/app:v1"
@@ -41,6 +43,7 @@ def run_fetch(
     script: dict[str, Any] | None = None,
     during: Any = None,
     present: set[str] | None = None,
+    images: tuple[str, ...] = (IMAGE,),
     **slot_settings: Any,
 ) -> tuple[int, dict[str, Any], FakeCri]:
     termination_log = tmp_path / "termination-log"
@@ -48,8 +51,8 @@ def run_fetch(
     argv = [f"--termination-log={termination_log}", f"--cri-socket={fake.socket_path}", "--parallel-nodes=1", *flags]
     options = fetch_options(parse_flags(FETCH_FLAGS, argv))
     log = configure_logging(True, "text", io.StringIO())
-    run = FetchRun(options, [IMAGE], ChainedCredentials([]), Extensions(), log)
-    config = SlotConfig(namespace=NAMESPACE, instance="pf", holder="node-1", slots=1, **slot_settings)
+    run = FetchRun(options, list(images), ChainedCredentials([]), Extensions(), log)
+    config = SlotConfig(**{"namespace": NAMESPACE, "instance": "pf", "holder": "node-1", "slots": 1, **slot_settings})
     run.node_slot = (lambda: api) if isinstance(api, str) else (lambda: NodeSlot(config, api, log))
 
     async def main() -> int:
@@ -153,24 +156,26 @@ CLUSTER = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "4
 def test_node_slot_settings_from_the_downward_api(load: Load, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NODE_NAME", "node-7")
     log = configure_logging(False, "text", io.StringIO())
-    slot = node_slot_for(options("--lease-duration=20500ms"), log, {**CLUSTER, "INSTANCE_NAME": "pf"}, load)
+    env = {**CLUSTER, "INSTANCE_NAME": "pf"}
+    slot = node_slot_for(options("--lease-duration=20500ms", "--canary"), log, [IMAGE], env, load)
     assert isinstance(slot, NodeSlot)
-    assert slot.config == SlotConfig("sa-ns", "pf", "node-7", 2, 21, 60.0)
+    fingerprint = list_fingerprint([IMAGE], False)
+    assert slot.config == SlotConfig("sa-ns", "pf", "node-7", 2, 21, 60.0, canary=True, list_hash=fingerprint)
     env = {**CLUSTER, "INSTANCE_NAME": "pf", "POD_NAMESPACE": "pod-ns"}
-    slot = node_slot_for(options("--instance-name=other"), log, env, load)
+    slot = node_slot_for(options("--instance-name=other"), log, environ=env, load_config=load)
     assert isinstance(slot, NodeSlot) and (slot.config.namespace, slot.config.instance) == ("pod-ns", "other")
-    slot = node_slot_for(options("--lease-namespace=flag-ns"), log, env, load)
+    slot = node_slot_for(options("--lease-namespace=flag-ns"), log, environ=env, load_config=load)
     assert isinstance(slot, NodeSlot) and slot.config.namespace == "flag-ns"
 
 
 def test_node_slot_problems_are_reasons_not_errors(load: Load) -> None:
     log = configure_logging(False, "text", io.StringIO())
-    missing = node_slot_for(options(), log, CLUSTER, load)
+    missing = node_slot_for(options(), log, environ=CLUSTER, load_config=load)
     assert missing == (
         "no instance name (--instance-name or INSTANCE_NAME), pulled without a node slot "
         "(--parallel-nodes 2 not enforced)"
     )
-    outside = node_slot_for(options(), log, {"INSTANCE_NAME": "pf"}, load)
+    outside = node_slot_for(options(), log, environ={"INSTANCE_NAME": "pf"}, load_config=load)
     assert isinstance(outside, str) and outside.startswith("no Kubernetes client (unable to load in-cluster")
     assert "secret-token" not in outside
 
@@ -181,3 +186,49 @@ def test_with_if_not_present_and_every_image_there_no_slot_is_waited_for(tmp_pat
     code, summary, fake = run_fetch(tmp_path, api, "--pull-policy=IfNotPresent", script={}, present={IMAGE})
     assert code == 0 and (summary["skipped"], summary["waited"]) == (1, 0.0)
     assert api.calls == [] and fake.calls == []
+
+
+MISSING = "registry.test:5000/team/missing:v1"
+TYPO = "registry.test:5000/Team/app:v1"
+
+
+def test_the_canary_publishes_its_permanent_failures_and_a_later_node_skips_them(tmp_path: Path) -> None:
+    api = FakeLeaseApi()
+    images = (IMAGE, MISSING, TYPO)
+    script = {
+        MISSING: [fail(grpc.StatusCode.NOT_FOUND, f'failed to resolve reference "{MISSING}": not found')],
+        TYPO: [fail(grpc.StatusCode.UNKNOWN, f'failed to parse image reference "{TYPO}": invalid reference format')],
+    }
+    flags = ("--canary", "--not-found=fail")
+    canary: dict[str, Any] = {"canary": True, "list_hash": list_fingerprint(images, True)}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    code, first, fake = run_fetch(tmp_path / "a", api, *flags, script=script, images=images, holder="node-0", **canary)
+    assert code == 0 and first["canary"] is True and (first["ok"], first["failed"]) == (1, 2)
+    assert len(fake.calls) == 3
+    code, later, fake = run_fetch(tmp_path / "b", api, *flags, script=script, images=images, holder="node-1", **canary)
+    assert code == 0 and "canary" not in later and (later["ok"], later["failed"]) == (1, 2)
+    assert [c.image for c in fake.calls] == [IMAGE]  # the failures were not tried again
+    assert later["errors"][MISSING] == (
+        f'not_found: failed to resolve reference "{MISSING}": not found (found by the canary node node-0)'
+    )
+    assert later["errors"][TYPO].startswith("invalid_reference: failed to parse image reference")
+    assert later["errors"][TYPO].endswith("(found by the canary node node-0)")
+
+
+def test_an_image_not_found_under_retry_is_no_finding(tmp_path: Path) -> None:
+    api = FakeLeaseApi()
+    script = {MISSING: [fail(grpc.StatusCode.NOT_FOUND, "not found")]}
+    canary: dict[str, Any] = {"canary": True, "list_hash": "h"}
+    _code, summary, _ = run_fetch(
+        tmp_path, api, "--canary", "--overall-timeout=1s", script=script, images=(MISSING,), **canary
+    )
+    # Retried until the overall timeout: the canary's run did not complete, so it publishes nothing.
+    assert summary["complete"] is False
+    notes = api.store["pf-canary"]["metadata"]["annotations"]
+    assert leases.CANARY_DONE not in notes and holder_of(api.store["pf-canary"]) == ""
+
+
+def test_canary_needs_parallel_nodes() -> None:
+    with pytest.raises(FlagError, match="--canary needs --parallel-nodes"):
+        fetch_options(parse_flags(FETCH_FLAGS, ["--canary"]))

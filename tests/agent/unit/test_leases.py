@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -639,3 +640,139 @@ def test_a_slot_deleted_while_held_releases_quietly() -> None:
 
     slot = run_virtual(scenario())
     assert api.store == {} and slot.held is None
+
+
+# --- the canary -------------------------------------------------------------------------------------------------------
+
+LIST = "list-1"
+
+
+def canary_lease(holder: str, *, done: bool = False, list_hash: str = LIST, failures: str = "{}") -> dict[str, Any]:
+    notes = {leases.CANARY_LIST: list_hash, leases.CANARY_NODE: holder or "node-c"}
+    if done:
+        notes.update({leases.CANARY_DONE: "true", leases.CANARY_FAILURES: failures})
+    body = lease(holder, leaseDurationSeconds=30)
+    body["metadata"].update(name="pf-canary", annotations=notes)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("existing", "unchanged_for", "state"),
+    [
+        (None, 0.0, "claim"),
+        (canary_lease("node-c"), 0.0, "wait"),  # a live canary pulls
+        (canary_lease("node-c"), 30.0, "claim"),  # it died
+        (canary_lease(""), 0.0, "claim"),  # released without finishing (interrupted)
+        (canary_lease("node-1"), 0.0, "claim"),  # ours (a restarted pod)
+        (canary_lease("", done=True), 0.0, "done"),
+        (canary_lease("", done=True, list_hash="list-0"), 0.0, "claim"),  # finished an older list
+        (canary_lease("node-c", list_hash="list-0"), 0.0, "wait"),  # a live canary of another list: wait
+    ],
+)
+def test_canary_state(existing: dict[str, Any] | None, unchanged_for: float, state: str) -> None:
+    assert leases.canary_state(config(canary=True, list_hash=LIST), existing, unchanged_for) == state
+
+
+def test_list_fingerprint_is_the_unique_list_and_the_not_found_setting() -> None:
+    fingerprint = leases.list_fingerprint
+    assert fingerprint(["b", "a", "a"], False) == fingerprint(["a", "b"], False)
+    assert fingerprint(["a", "b"], False) != fingerprint(["a", "b"], True)
+    assert fingerprint(["a"], False) != fingerprint(["a", "b"], False)
+
+
+def test_findings_are_bounded_and_unreadable_entries_ignored() -> None:
+    findings = {f"r/image-{i}:v1": ("NOT_FOUND", "x" * 150) for i in range(100)}
+    encoded = leases.encode_findings(findings)
+    assert len(encoded.encode()) <= leases.MAX_FINDINGS_BYTES
+    kept = json.loads(encoded)
+    assert 40 < len(kept) < 100 and list(kept) == list(findings)[: len(kept)]
+    odd = canary_lease("", done=True, failures='{"a":["NOT_FOUND","gone"],"b":"junk","c":[1,2]}')
+    assert leases.canary_findings(odd) == ("node-c", {"a": ("NOT_FOUND", "gone")})
+    assert leases.canary_findings(canary_lease("", done=True, failures="not json")) == ("node-c", {})
+
+
+def canary_slot(api: FakeLeaseApi, holder: str, list_hash: str = LIST, **kw: Any) -> NodeSlot:
+    return node_slot(api, holder, slots=2, seed=hash(holder) % 1000, canary=True, list_hash=list_hash, **kw)
+
+
+async def canary_run(
+    api: FakeLeaseApi,
+    holder: str,
+    seconds: float,
+    log: list[tuple[str, str, float]],
+    findings: dict[str, tuple[str, str]] | None = None,
+    list_hash: str = LIST,
+) -> NodeSlot:
+    slot = canary_slot(api, holder, list_hash)
+    async with slot.hold(Deadline(600)):
+        log.append(("start", holder, now()))
+        await asyncio.sleep(seconds)
+        if slot.is_canary and findings is not None:
+            slot.publish(findings)
+        log.append(("end", holder, now()))
+    return slot
+
+
+def test_the_first_node_is_the_canary_and_pulls_alone_then_the_others_read_its_findings() -> None:
+    api = FakeLeaseApi()
+    log: list[tuple[str, str, float]] = []
+    found = {"r/missing:v1": ("NOT_FOUND", "r/missing:v1: not found")}
+
+    async def scenario() -> list[NodeSlot]:
+        first = asyncio.ensure_future(canary_run(api, "node-0", 40, log, found))
+        await asyncio.sleep(0.5)
+        others = [canary_run(api, f"node-{i}", 20, log, found) for i in range(1, 5)]
+        return [await first, *await asyncio.gather(*others)]
+
+    slots = run_virtual(scenario())
+    assert [s.is_canary for s in slots] == [True, False, False, False, False]
+    starts = sorted((at, h) for kind, h, at in log if kind == "start")
+    assert starts[0] == (0.0, "node-0")
+    assert all(at >= 40 for at, _h in starts[1:])  # nobody pulled while the canary did
+    assert peak(log) == 2  # afterwards the two slots as usual
+    assert all(s.findings == found and s.canary_node == "node-0" for s in slots[1:])
+    canary = api.store["pf-canary"]["metadata"]["annotations"]
+    assert canary[leases.CANARY_DONE] == "true" and canary[leases.CANARY_LIST] == LIST
+    assert holder_of(api.store["pf-canary"]) == ""
+
+
+def test_an_interrupted_canary_leaves_the_canary_to_the_next_node() -> None:
+    api = FakeLeaseApi()
+    log: list[tuple[str, str, float]] = []
+
+    async def scenario() -> NodeSlot:
+        first = asyncio.ensure_future(canary_run(api, "node-0", 1000, log))
+        await asyncio.sleep(10)
+        second = asyncio.ensure_future(canary_run(api, "node-1", 5, log, {}))
+        await asyncio.sleep(10)
+        first.cancel()  # SIGTERM: released without findings
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        return await second
+
+    second = run_virtual(scenario())
+    assert second.is_canary
+    assert api.store["pf-canary"]["metadata"]["annotations"][leases.CANARY_NODE] == "node-1"
+    assert api.store["pf-canary"]["metadata"]["annotations"][leases.CANARY_DONE] == "true"
+
+
+def test_a_dead_canary_is_taken_over_after_the_lease_duration() -> None:
+    api = FakeLeaseApi()
+    api.store["pf-canary"] = canary_lease("node-dead")
+    api.store["pf-canary"]["metadata"]["resourceVersion"] = "1"
+    log: list[tuple[str, str, float]] = []
+    slot = run_virtual(canary_run(api, "node-1", 1, log, {}))
+    assert slot.is_canary
+    assert 30 <= log[0][2] <= 30 + 4.5
+
+
+def test_a_new_list_gets_a_new_canary() -> None:
+    api = FakeLeaseApi()
+    old = json.dumps({"r/typo:v1": ["UNKNOWN", "invalid reference format"]})
+    api.store["pf-canary"] = canary_lease("", done=True, list_hash="list-0", failures=old)
+    api.store["pf-canary"]["metadata"]["resourceVersion"] = "1"
+    log: list[tuple[str, str, float]] = []
+    slot = run_virtual(canary_run(api, "node-1", 1, log, {}))
+    assert slot.is_canary and slot.findings == {}
+    notes = api.store["pf-canary"]["metadata"]["annotations"]
+    assert notes[leases.CANARY_LIST] == LIST and notes[leases.CANARY_FAILURES] == "{}"
