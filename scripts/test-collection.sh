@@ -21,7 +21,7 @@ cleanup() { if [ "${KEEP:-0}" = 1 ]; then echo "test-collection: kept $work"; el
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-MODULES=(manifest apply rollout)
+MODULES=(manifest apply rollout report)
 passed=(); failed=()
 notes=()
 

@@ -436,14 +436,14 @@ def _attr(value: Any) -> str:
     return _text(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-def _bar_svg(layout: Layout, row: Row, bar: Bar) -> list[str]:
-    attempt = bar.attempt
+def _bar_svg(layout: Layout, row: Row, span: Bar) -> list[str]:
+    attempt = span.attempt
     x = layout.x(attempt.start)
     width = max(1.5, layout.x(attempt.start + attempt.duration) - x)
-    y = row.y + bar.lane * layout.lane_height + 0.5
+    y = row.y + span.lane * layout.lane_height + 0.5
     height = max(2.0, layout.lane_height - 1.0)
     failed = bool(attempt.error)
-    title = f"{row.node}: {attempt.image}: attempt {bar.number} of {bar.of}"
+    title = f"{row.node}: {attempt.image}: attempt {span.number} of {span.of}"
     title += f", {attempt.duration:.2f} s from {attempt.start:.0f} s"
     if failed:
         title += f", failed: {attempt.error}"
@@ -457,14 +457,14 @@ def _bar_svg(layout: Layout, row: Row, bar: Bar) -> list[str]:
     if layout.lane_height < 11:
         return parts  # thin lanes (many nodes): the tooltips name the images
     size = min(10.0, height - 2)
-    label = _bar_label(bar, width)
+    label = _bar_label(span, width)
     if label:
         parts.append(
             f'<text x="{x + 3:.1f}" y="{y + height - 3:.1f}" font-size="{size:.0f}" '
             f'fill="#ffffff" font-weight="bold">{_attr(label)}</text>'
         )
-    if failed and bar.number == bar.of:  # the image ended failed: name it beside its last attempt, in red
-        text = f"{bar.attempt.image.rsplit('/', 1)[-1]} failed"
+    if failed and span.number == span.of:  # the image ended failed: name it beside its last attempt, in red
+        text = f"{span.attempt.image.rsplit('/', 1)[-1]} failed"
         if x + width + 4 + len(text) * 6 <= layout.label_width + layout.plot_width:
             parts.append(
                 f'<text x="{x + width + 4:.1f}" y="{y + height - 3:.1f}" font-size="{size:.0f}" '
@@ -473,13 +473,13 @@ def _bar_svg(layout: Layout, row: Row, bar: Bar) -> list[str]:
     return parts
 
 
-def _bar_label(bar: Bar, width: float) -> str:
+def _bar_label(span: Bar, width: float) -> str:
     """What fits in a bar (about 6 px a character): the image's last path part, and the attempt when retried."""
-    short = bar.attempt.image.rsplit("/", 1)[-1]
-    numbered = f"#{bar.number}" if bar.of > 1 else ""
+    short = span.attempt.image.rsplit("/", 1)[-1]
+    numbered = f"#{span.number}" if span.of > 1 else ""
     named = f"{short} {numbered}".strip()
     # On a hatched (failed) bar only the short number stays readable.
-    for label in (numbered,) if bar.attempt.error else (named, numbered):
+    for label in (numbered,) if span.attempt.error else (named, numbered):
         if label and len(label) * 6 + 6 <= width:
             return label
     return ""
@@ -489,8 +489,8 @@ def _retry_links(layout: Layout, row: Row) -> list[str]:
     """A dashed line across the wait between an image's attempts: the retries read as one story."""
     parts = []
     by_image: dict[str, list[Bar]] = {}
-    for bar in row.bars:
-        by_image.setdefault(bar.attempt.image, []).append(bar)
+    for span in row.bars:
+        by_image.setdefault(span.attempt.image, []).append(span)
     for bars in by_image.values():
         for before, after in zip(bars, bars[1:]):
             x1 = layout.x(before.attempt.start + before.attempt.duration)
@@ -549,7 +549,7 @@ def timeline_svg(result: dict[str, Any]) -> Optional[str]:
     layout = timeline_layout(result)
     if layout is None:
         return None
-    bars = [bar for row in layout.rows for bar in row.bars]
+    bars = [span for row in layout.rows for span in row.bars]
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{layout.width}" height="{layout.height}" '
         f'viewBox="0 0 {layout.width} {layout.height}" font-family="{FONT}">',
@@ -559,7 +559,7 @@ def timeline_svg(result: dict[str, Any]) -> Optional[str]:
         "</defs>",
         f'<rect width="{layout.width}" height="{layout.height}" fill="#ffffff"/>',
     ]
-    parts += _legend(result, layout, len(bars), sum(1 for bar in bars if bar.attempt.error))
+    parts += _legend(result, layout, len(bars), sum(1 for span in bars if span.attempt.error))
     parts += _axis(layout)
     label_size = max(7.0, min([12.0] + [row.height for row in layout.rows]))
     for index, row in enumerate(layout.rows):
@@ -578,8 +578,8 @@ def timeline_svg(result: dict[str, Any]) -> Optional[str]:
                 'fill="#777777">no pull attempt (images already present, or no metrics from this node)</text>'
             )
         parts += _retry_links(layout, row)
-        for bar in row.bars:
-            parts += _bar_svg(layout, row, bar)
+        for span in row.bars:
+            parts += _bar_svg(layout, row, span)
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 

@@ -39,7 +39,7 @@ attributes:
     support: none
   check_mode:
     support: full
-    details: In check mode nothing is written; RV(changed) says whether a file would change.
+    details: In check mode nothing is written; C(changed) says whether a file would change.
   diff_mode:
     support: none
   platform:

@@ -44,7 +44,7 @@ _STATUS_NAMES = {go: name for name, go in _GO_CODE_NAMES.items()}
 
 def fault_key(test: str) -> str:
     """``test_unauthorized_registry[crio-none]`` -> ``test_unauthorized_registry-none``."""
-    name, _, params = test.partition("[")
+    name, _sep, params = test.partition("[")
     kept = [p for p in params.rstrip("]").split("-") if p and p not in COLUMNS]
     return "-".join([name, *kept])
 

@@ -18,7 +18,7 @@ def _simulate_node(
     rng: random.Random, node: str, images: list[str], parallel: int, failing: set[str]
 ) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, int], float]:
     """Pull attempts of one node: ``parallel`` slots, each image retried after a failed attempt (3 at most)."""
-    slots = [rng.uniform(0.0, 1.5) for _ in range(parallel)]
+    slots = [rng.uniform(0.0, 1.5) for _slot in range(parallel)]
     metrics: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
     retries: dict[str, int] = {}

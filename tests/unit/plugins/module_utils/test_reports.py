@@ -277,8 +277,8 @@ def test_timeline_has_one_row_per_node_and_one_bar_per_attempt_retries_in_one_la
     assert sum(len(row.bars) for row in layout.rows) == len(run["metrics"])
     for row in layout.rows:
         lanes: dict[str, set[int]] = {}
-        for bar in row.bars:
-            lanes.setdefault(bar.attempt.image, set()).add(bar.lane)
+        for span in row.bars:
+            lanes.setdefault(span.attempt.image, set()).add(span.lane)
         assert all(len(used) == 1 for used in lanes.values())
     svg = ET.fromstring(timeline_svg(run) or "")
     rects = svg.findall(".//{http://www.w3.org/2000/svg}rect")
@@ -330,12 +330,12 @@ def blue(pixel: tuple[int, int, int]) -> bool:
 
 
 def bar_line(
-    pixels: list[list[tuple[int, int, int]]], layout: Layout, row: Row, bar: Bar
+    pixels: list[list[tuple[int, int, int]]], layout: Layout, row: Row, span: Bar
 ) -> list[tuple[int, int, int]]:
     """The pixels along a bar's horizontal middle."""
-    x0 = layout.x(bar.attempt.start)
-    x1 = max(x0 + 1.5, layout.x(bar.attempt.start + bar.attempt.duration))
-    y = int(row.y + bar.lane * layout.lane_height + layout.lane_height / 2)
+    x0 = layout.x(span.attempt.start)
+    x1 = max(x0 + 1.5, layout.x(span.attempt.start + span.attempt.duration))
+    y = int(row.y + span.lane * layout.lane_height + layout.lane_height / 2)
     return pixels[y][int(x0) + 1 : max(int(x0) + 2, int(x1) - 1)]
 
 
@@ -356,12 +356,12 @@ def test_timeline_renders_to_a_png_with_bars_in_every_node_row(nodes: int, image
         row_pixels = band(pixels, layout, row.y, row.y + row.height)
         assert sum(1 for p in row_pixels if ink(p)) > 0.05 * len(row_pixels), row.node
     for row in layout.rows if nodes <= 3 else ():  # thin lanes blend at their edges: colours checked on big bars
-        for bar in row.bars:
-            line = bar_line(pixels, layout, row, bar)
-            if bar.attempt.error:
-                assert any(red(p) for p in line), (row.node, bar)
+        for span in row.bars:
+            line = bar_line(pixels, layout, row, span)
+            if span.attempt.error:
+                assert any(red(p) for p in line), (row.node, span)
             else:
-                assert any(blue(p) for p in line) and not any(red(p) for p in line), (row.node, bar)
+                assert any(blue(p) for p in line) and not any(red(p) for p in line), (row.node, span)
     # The space between the legend and the first row is background: the bars stay inside their rows.
     assert not any(ink(p) for p in band(pixels, layout, 50, layout.rows[0].y - 1))
 

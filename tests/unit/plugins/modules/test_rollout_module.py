@@ -145,8 +145,10 @@ def test_one_warning_per_node_whose_agent_reported_warnings(no_cluster: mock.Mag
     assert result["changed"] is False and "failed" not in result
 
 
-@pytest.mark.parametrize(("extra", "hooked"), [({"progress_file": "/p.json"}, True), ({}, False),
-                                              ({"progress_file": "/p.json", "progress_interval": 0}, False)])
+@pytest.mark.parametrize(
+    ("extra", "hooked"),
+    [({"progress_file": "/p.json"}, True), ({}, False), ({"progress_file": "/p.json", "progress_interval": 0}, False)],
+)
 def test_a_progress_file_from_the_action_plugin_hooks_the_snapshot_writer(
     no_cluster: mock.MagicMock, extra: dict[str, t.Any], hooked: bool
 ) -> None:
