@@ -167,6 +167,23 @@ options:
     type: str
     default: retry
     choices: [retry, fail]
+  parallel_nodes:
+    description:
+      - Most nodes of this instance pulling at the same time, cluster-wide (C(--parallel-nodes)); V(0) is no limit.
+      - Above V(0) each agent takes one of N node-slot Leases C(<name>-slot-<i>) in O(namespace) before it pulls and
+        releases it when done; the rendered objects then include a Role and RoleBinding that let the agent's
+        ServiceAccount get, list, create and update Leases in that namespace only.
+      - The Leases are created by the agents, never rendered; O(stackrox.prefetch.apply#module:state=absent) removes
+        them.
+    type: int
+    default: 0
+  canary:
+    description:
+      - The first node to get a slot pulls alone first (C(--canary)); the images it finds invalid, or missing with
+        O(not_found=fail), are reported failed by every later node instead of being pulled again.
+      - Needs O(parallel_nodes) above V(0).
+    type: bool
+    default: false
   initial_pull_attempt_timeout:
     description:
       - Timeout of the first pull attempt of an image; it doubles on each retry. A Go duration such as C(30s) or

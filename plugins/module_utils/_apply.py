@@ -58,6 +58,9 @@ INSTANCE_KINDS: list[tuple[str, str]] = [
     ("apps/v1", "Deployment"),
     ("apps/v1", "DaemonSet"),
 ]
+# Created by the agents at run time (parallel_nodes: the node-slot Leases), never rendered: state=absent removes them,
+# pruning on state=present leaves them alone (a running agent may hold one).
+RUNTIME_KINDS: list[tuple[str, str]] = [("coordination.k8s.io/v1", "Lease")]
 _KIND_RANK = {kind: rank for rank, (_api_version, kind) in enumerate(INSTANCE_KINDS)}
 _WORKLOAD_KINDS = ("DaemonSet", "Deployment")
 _NOISE_METADATA = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid", "selfLink")
@@ -529,7 +532,7 @@ class Applier:
     # -- state: absent
 
     def absent(self, instance: Instance, objects: list[dict[str, Any]], remove_node_labels: bool) -> None:
-        found = self._find_instance_objects(instance, objects)
+        found = self._find_instance_objects(instance, objects, runtime_kinds=True)
         # Workloads first, and their pods gone before the RBAC: a terminating agent still writes its node label.
         workloads = [(obj, info) for obj, info in found if info.kind in _WORKLOAD_KINDS]
         rest = [(obj, info) for obj, info in found if info.kind not in _WORKLOAD_KINDS]
@@ -547,8 +550,9 @@ class Applier:
         if remove_node_labels:
             self._remove_node_labels(instance.name)
 
-    def _kinds_to_search(self, objects: list[dict[str, Any]]) -> list[ResourceInfo]:
-        kinds = list(dict.fromkeys(INSTANCE_KINDS + [(obj["apiVersion"], obj["kind"]) for obj in objects]))
+    def _kinds_to_search(self, objects: list[dict[str, Any]], runtime_kinds: bool = False) -> list[ResourceInfo]:
+        searched = INSTANCE_KINDS + (RUNTIME_KINDS if runtime_kinds else [])
+        kinds = list(dict.fromkeys(searched + [(obj["apiVersion"], obj["kind"]) for obj in objects]))
         infos = []
         for api_version, kind in kinds:
             try:
@@ -558,7 +562,7 @@ class Applier:
         return infos
 
     def _find_instance_objects(
-        self, instance: Instance, objects: list[dict[str, Any]], namespaced: bool = True
+        self, instance: Instance, objects: list[dict[str, Any]], namespaced: bool = True, runtime_kinds: bool = False
     ) -> list[tuple[dict[str, Any], ResourceInfo]]:
         """The instance's objects: labelled ones in its namespace, cluster-scoped ones of its namespace, given ones.
 
@@ -567,7 +571,7 @@ class Applier:
         """
         found: dict[tuple[str, str, str], tuple[dict[str, Any], ResourceInfo]] = {}
         selector = instance_selector(instance.name)
-        for info in self._kinds_to_search(objects):
+        for info in self._kinds_to_search(objects, runtime_kinds):
             if info.namespaced and not namespaced:
                 continue
             items, _version = self.cluster.list_objects(info, instance.namespace if info.namespaced else None, selector)

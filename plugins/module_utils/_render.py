@@ -63,6 +63,9 @@ KUBE_LINTER_ANNOTATIONS = {
 
 # Settings that reach no pod: changing them must not re-run the pulls on every node.
 _UNHASHED_SETTINGS = ("images", "metrics_service_type", "max_unavailable", "network_policy")
+# Settings added after the first release: hashed only when set, so instances that leave them at their default keep
+# their checksum (and their pods) across an upgrade of the collection.
+_HASHED_WHEN_SET: dict[str, t.Any] = {"parallel_nodes": 0, "canary": False}
 
 
 def common_labels(settings: Settings) -> dict[str, str]:
@@ -99,7 +102,9 @@ def config_hash(settings: Settings) -> str:
     (the agent pulls them once); durations are already canonical; keys are sorted.
     """
     agent_settings = {
-        key: value for key, value in dataclasses.asdict(settings).items() if key not in _UNHASHED_SETTINGS
+        key: value
+        for key, value in dataclasses.asdict(settings).items()
+        if key not in _UNHASHED_SETTINGS and not (key in _HASHED_WHEN_SET and value == _HASHED_WHEN_SET[key])
     }
     payload = {"images": unique_images(settings.images), "settings": agent_settings}
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -120,6 +125,10 @@ def node_labeler_name(settings: Settings) -> str:
 def scc_rbac_name(settings: Settings) -> str:
     """Per instance, unlike upstream's fixed names that two instances in one namespace would share."""
     return f"{settings.name}-privileged-scc-use"
+
+
+def node_slots_rbac_name(settings: Settings) -> str:
+    return f"{settings.name}-node-slots"
 
 
 def metrics_name(settings: Settings) -> str:
@@ -185,13 +194,40 @@ def _scc_role(settings: Settings) -> Obj:
     }
 
 
-def _scc_role_binding(settings: Settings) -> Obj:
+def _role_binding(settings: Settings, role: str) -> Obj:
+    """Binds the namespaced Role ``role`` (of the same name) to the agents' ServiceAccount."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _metadata(settings, scc_rbac_name(settings)),
+        "metadata": _metadata(settings, role),
         "subjects": [{"kind": "ServiceAccount", "name": settings.name}],
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": scc_rbac_name(settings)},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+    }
+
+
+def _node_slots_role(settings: Settings) -> Obj:
+    """The node-slot Leases (parallel_nodes): in the instance's namespace only, nothing cluster-wide.
+
+    The agent reads, lists, creates and updates (takes, renews, releases by clearing the holder) Leases; it never
+    deletes one, and names are not known in advance for `list`, so no resourceNames.
+    """
+    description = (
+        f"Allows the image-prefetcher agents of instance {settings.name} to take node slots "
+        f"(Leases {settings.name}-slot-<i>) in namespace {settings.namespace}."
+    )
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(
+            settings, node_slots_rbac_name(settings), annotations={"kubernetes.io/description": description}
+        ),
+        "rules": [
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "verbs": ["get", "list", "create", "update"],
+            }
+        ],
     }
 
 
@@ -387,6 +423,10 @@ def fetch_args(settings: Settings) -> list[str]:
         args.append(f"--max-parallel-pulls={settings.max_parallel_pulls}")
     if settings.not_found != "retry":
         args.append(f"--not-found={settings.not_found}")
+    if settings.parallel_nodes:
+        args.append(f"--parallel-nodes={settings.parallel_nodes}")
+        if settings.canary:
+            args.append("--canary")
     for option, flag in DURATION_FLAGS.items():
         if option in settings.durations:
             args.append(f"{flag}={settings.durations[option]}")
@@ -521,7 +561,9 @@ def render(settings: Settings) -> list[Obj]:
     """Every object of the instance, in apply order."""
     objects = [_service_account(settings), _cluster_role(settings), _cluster_role_binding(settings)]
     if settings.flavor_spec.openshift:
-        objects += [_scc_role(settings), _scc_role_binding(settings)]
+        objects += [_scc_role(settings), _role_binding(settings, scc_rbac_name(settings))]
+    if settings.parallel_nodes:
+        objects += [_node_slots_role(settings), _role_binding(settings, node_slots_rbac_name(settings))]
     objects.append(_config_map(settings))
     if settings.network_policy:
         objects.append(_agent_network_policy(settings))

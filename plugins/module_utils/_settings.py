@@ -101,6 +101,8 @@ SETTINGS_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
     "pull_policy": {"type": "str", "default": "Always", "choices": ["Always", "IfNotPresent"]},
     "max_parallel_pulls": {"type": "int", "default": 0},
     "not_found": {"type": "str", "default": "retry", "choices": ["retry", "fail"]},
+    "parallel_nodes": {"type": "int", "default": 0},
+    "canary": {"type": "bool", "default": False},
     "initial_pull_attempt_timeout": {"type": "str"},
     "max_pull_attempt_timeout": {"type": "str"},
     "overall_timeout": {"type": "str"},
@@ -133,6 +135,8 @@ class Settings:
     pull_policy: str
     max_parallel_pulls: int
     not_found: str
+    parallel_nodes: int
+    canary: bool
     durations: dict[str, str]
     agent_debug: bool
     max_unavailable: t.Union[int, str]
@@ -602,6 +606,17 @@ def _non_negative_int(option: str, value: t.Any) -> int:
     return value
 
 
+def _node_slots(params: dict[str, t.Any]) -> tuple[int, bool]:
+    """parallel_nodes (0 = unlimited) and canary, which needs the node-slot Leases of parallel_nodes > 0."""
+    parallel_nodes = _non_negative_int("parallel_nodes", params["parallel_nodes"])
+    canary = params["canary"]
+    if not isinstance(canary, bool):
+        raise ValidationError(f"canary must be a boolean, got {canary!r}")
+    if canary and not parallel_nodes:
+        raise ValidationError("canary needs parallel_nodes > 0 (the canary is found through the node-slot Leases)")
+    return parallel_nodes, canary
+
+
 def _tolerations(value: t.Any) -> list[dict[str, t.Any]]:
     if not isinstance(value, (list, tuple)):
         raise ValidationError("tolerations must be a list of tolerations")
@@ -614,6 +629,7 @@ def validate_settings(
 ) -> Settings:
     """Check every setting and return them normalised; the first problem raises ValidationError."""
     values = _with_defaults(params)
+    parallel_nodes, canary = _node_slots(values)
     for option in ("flavor", "metrics_service_type", "credential_provider", "pull_policy", "not_found"):
         _choice(option, values[option])
     collect_metrics = bool(values["collect_metrics"])
@@ -639,6 +655,8 @@ def validate_settings(
         pull_policy=values["pull_policy"],
         max_parallel_pulls=_non_negative_int("max_parallel_pulls", values["max_parallel_pulls"]),
         not_found=values["not_found"],
+        parallel_nodes=parallel_nodes,
+        canary=canary,
         durations=_durations(values),
         agent_debug=bool(values["agent_debug"]),
         max_unavailable=max_unavailable(values["max_unavailable"]),

@@ -335,6 +335,7 @@ SERVED = {
     ("v1", "Service"): ResourceInfo("v1", "Service", "services", True),
     ("v1", "Pod"): ResourceInfo("v1", "Pod", "pods", True),
     ("v1", "Node"): ResourceInfo("v1", "Node", "nodes", False),
+    ("coordination.k8s.io/v1", "Lease"): ResourceInfo("coordination.k8s.io/v1", "Lease", "leases", True),
     ("apps/v1", "DaemonSet"): ResourceInfo("apps/v1", "DaemonSet", "daemonsets", True),
     ("apps/v1", "Deployment"): ResourceInfo("apps/v1", "Deployment", "deployments", True),
     ("networking.k8s.io/v1", "NetworkPolicy"): ResourceInfo(
@@ -575,6 +576,30 @@ class TestAbsent:
         assert [write[1] for write in server.writes] == ["DaemonSet", "ConfigMap", "ClusterRole", "ServiceAccount"]
         assert {entry["action"] for entry in run.objects} == {"deleted"} and run.changed
         assert ("ConfigMap", "prefetch", "unrelated") in server.store
+
+    def slot_lease(self, name: str = "imgs-slot-0") -> dict[str, Any]:
+        """A node-slot Lease as the agent creates it (parallel_nodes): the instance's labels, never rendered."""
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta(name)}
+
+    def test_removes_the_agents_node_slot_leases_after_the_workloads(self) -> None:
+        server = self.deployed()
+        server.put(self.slot_lease())
+        server.put(self.slot_lease("imgs-canary"))
+        other = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta("other", labels={})}
+        server.put(other)
+        run = applier(server)
+        run.absent(INSTANCE, [], remove_node_labels=False)
+        deleted = [write[1] for write in server.writes if write[0] == "delete"]
+        assert deleted.count("Lease") == 2 and deleted.index("Lease") > deleted.index("DaemonSet")
+        assert ("Lease", "prefetch", "other") in server.store
+        assert not [key for key in server.store if key[0] == "Lease" and key[2].startswith("imgs-")]
+
+    def test_present_never_prunes_a_lease_an_agent_may_hold(self) -> None:
+        server = self.deployed()
+        server.put(self.slot_lease())
+        applier(server).present(rendered(), INSTANCE, create_namespace=False)
+        assert ("Lease", "prefetch", "imgs-slot-0") in server.store
+        assert not [write for write in server.writes if write[0] == "delete"]
 
     def test_second_absent_changes_nothing(self) -> None:
         server = self.deployed()

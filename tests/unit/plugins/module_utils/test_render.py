@@ -60,6 +60,7 @@ GOLDEN_CASES: dict[str, dict[str, t.Any]] = {
         "max_pull_attempt_delay": "1m",
         "agent_debug": True,
     },
+    "node-slots": {"parallel_nodes": 2, "canary": True, "namespace": "prefetch"},
     "scheduling": {
         "node_selector": {"node-role.kubernetes.io/worker": ""},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ci", "effect": "NoSchedule"}],
@@ -573,3 +574,65 @@ def test_termination_message_policy_stays_default() -> None:
     containers += by_kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert all("terminationMessagePolicy" not in container for container in containers)
     assert all("terminationMessagePath" not in container for container in containers)
+
+
+# --- Node slots (parallel_nodes, canary) ------------------------------------------------------------------------------
+
+
+def test_node_slots_off_by_default_renders_no_lease_rbac_nor_flags() -> None:
+    objects = rendered()
+    assert not [obj for obj in objects if obj["kind"] in ("Role", "RoleBinding")]
+    assert not [arg for arg in prefetch(objects)["args"] if arg.startswith(("--parallel-nodes", "--canary"))]
+
+
+def test_node_slots_default_keeps_the_config_hash() -> None:
+    # Hashed only when set: an upgrade of the collection alone restarts no pod.
+    assert config_hash(make_settings()) == config_hash(make_settings(parallel_nodes=0, canary=False))
+    assert config_hash(make_settings(parallel_nodes=2)) != config_hash(make_settings())
+    assert config_hash(make_settings(parallel_nodes=2, canary=True)) != config_hash(make_settings(parallel_nodes=2))
+
+
+def test_node_slots_flags() -> None:
+    assert fetch_args(make_settings(parallel_nodes=3))[-1] == "--parallel-nodes=3"
+    assert fetch_args(make_settings(parallel_nodes=3, canary=True))[-2:] == ["--parallel-nodes=3", "--canary"]
+
+
+def test_node_slots_rbac_is_namespaced_and_minimal() -> None:
+    objects = rendered(parallel_nodes=2, namespace="prefetch")
+    assert kinds_and_names(objects) == [
+        ("ServiceAccount", "my-images"),
+        ("ClusterRole", "my-images-node-labeler"),
+        ("ClusterRoleBinding", "my-images-node-labeler"),
+        ("Role", "my-images-node-slots"),
+        ("RoleBinding", "my-images-node-slots"),
+        ("ConfigMap", "my-images"),
+        ("NetworkPolicy", "my-images"),
+        ("DaemonSet", "my-images"),
+    ]
+    role = by_kind(objects, "Role")
+    assert role["metadata"]["namespace"] == "prefetch"
+    assert role["metadata"]["labels"] == COMMON_LABELS
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "create", "update"]}
+    ]
+    binding = by_kind(objects, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "prefetch"
+    assert binding["metadata"]["labels"] == COMMON_LABELS
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "my-images"}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "my-images-node-slots",
+    }
+    # The cluster-wide RBAC is unchanged: nodes/patch only.
+    assert by_kind(objects, "ClusterRole")["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]
+
+
+def test_node_slots_rbac_next_to_the_scc_rbac_on_ocp() -> None:
+    names = kinds_and_names(rendered(flavor="ocp", parallel_nodes=1))
+    assert names[3:7] == [
+        ("Role", "my-images-privileged-scc-use"),
+        ("RoleBinding", "my-images-privileged-scc-use"),
+        ("Role", "my-images-node-slots"),
+        ("RoleBinding", "my-images-node-slots"),
+    ]

@@ -294,6 +294,11 @@ ERRORS: list[tuple[dict[str, t.Any], str]] = [
     ),
     ({"max_parallel_pulls": -1}, r"^max_parallel_pulls must be an integer >= 0, got -1$"),
     ({"max_parallel_pulls": True}, r"^max_parallel_pulls must be an integer"),
+    ({"parallel_nodes": -1}, r"^parallel_nodes must be an integer >= 0, got -1$"),
+    ({"parallel_nodes": True}, r"^parallel_nodes must be an integer"),
+    ({"canary": True}, r"^canary needs parallel_nodes > 0 "),
+    ({"canary": True, "parallel_nodes": 0}, r"^canary needs parallel_nodes > 0 "),
+    ({"canary": "yes", "parallel_nodes": 2}, r"^canary must be a boolean, got 'yes'$"),
     ({"overall_timeout": "1d"}, r'^overall_timeout: time: unknown unit "d" in duration "1d"$'),
     ({"initial_pull_attempt_timeout": "30"}, r'^initial_pull_attempt_timeout: time: missing unit in duration "30"$'),
     ({"max_pull_attempt_timeout": "0"}, r"^max_pull_attempt_timeout must be a positive duration, got '0'$"),
@@ -347,3 +352,11 @@ def test_doc_fragment_matches_spec(option: str) -> None:
     assert documented.get("elements") == spec.get("elements")
     assert documented.get("required", False) == spec.get("required", False)
     assert set(documented.get("suboptions", {})) == set(spec.get("options", {}))
+
+
+def test_parallel_nodes_and_canary() -> None:
+    default = settings()
+    assert (default.parallel_nodes, default.canary) == (0, False)
+    slots = settings(parallel_nodes=2, canary=True)
+    assert (slots.parallel_nodes, slots.canary) == (2, True)
+    assert settings(parallel_nodes=3).canary is False
