@@ -628,6 +628,9 @@ class WatchState:
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)
     nodes: Optional[dict[str, dict[str, Any]]] = None  # None: the Nodes are not (or cannot be) watched
     seen_nodes: set[str] = field(default_factory=set)  # nodes that had a current pod of this rollout
+    # The Nodes' first list arrived, or they cannot be watched: until then a rollout that is already complete (the
+    # pods' list came first) would be reported without node states.
+    nodes_settled: bool = False
 
     def _saw(self, pod: dict[str, Any]) -> None:
         if self.daemonset is not None and is_current_pod(pod, self.daemonset) and pod_node(pod):
@@ -637,6 +640,7 @@ class WatchState:
         """A fresh list replaces everything known of that kind."""
         if kind == "nodes":
             self.nodes = {str(_meta(item).get("name")): item for item in items}
+            self.nodes_settled = True
         elif kind == "pods":
             self.pods = {str(_meta(item).get("name")): item for item in items}
             for pod in items:
@@ -755,12 +759,14 @@ class RolloutWaiter:
         try:
             while True:
                 progress = self._evaluate(state)
-                if progress.done:
+                if progress.done and state.nodes_settled:
                     return state
                 if self.on_progress is not None:
                     self.on_progress(state)
                 remaining = deadline - self.clock()
                 if remaining <= 0:
+                    if progress.done:
+                        return state  # complete; only the node states are missing
                     self._fail_timeout(state, progress)
                 self._drain(state, events, remaining)
         except InterruptedRunError as error:
@@ -827,6 +833,7 @@ class RolloutWaiter:
             raise RolloutError(f"while waiting for {self.target}: {payload}", self.report(state))
         if what == "unwatched":
             state.nodes = None
+            state.nodes_settled = True
         elif what == "sync":
             state.sync(kind, payload)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any, Optional, cast
 
 import pytest
@@ -912,3 +913,36 @@ def test_waiter_without_node_access_still_completes() -> None:
     state = waiter.wait(daemonset())
     assert state.nodes is None
     assert all("node_state" not in r for r in waiter.report(state)["nodes"])
+
+
+class NodesListedLastCluster(ScriptedCluster):
+    """The Nodes' list is answered only after the pods' and the DaemonSet's: the order a busy API server may pick."""
+
+    def __init__(self, lists: dict[str, list[dict[str, Any]]]) -> None:
+        super().__init__(lists, watches={})
+        self.others_listed = threading.Event()
+
+    def list_objects(
+        self, info: ResourceInfo, namespace: Optional[str] = None, label_selector: Optional[str] = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        if info.plural == "nodes":
+            assert self.others_listed.wait(10)
+            time.sleep(0.2)  # let the waiter see the complete rollout first
+        listed = super().list_objects(info, namespace, label_selector)
+        if {"daemonsets", "pods"} <= set(self.list_calls):
+            self.others_listed.set()
+        return listed
+
+
+def test_a_rollout_complete_before_the_nodes_are_listed_still_reports_their_states() -> None:
+    cluster = NodesListedLastCluster(
+        lists={
+            "daemonsets": [daemonset()],
+            "pods": [done_pod("a", "n1"), done_pod("b", "n2")],
+            "nodes": [node_obj("n1"), node_obj("n2", unschedulable=True)],
+        }
+    )
+    waiter = RolloutWaiter(as_cluster(cluster), "imgs", "prefetch", timeout=30)
+    state = waiter.wait(daemonset())
+    reports = {node["node"]: node for node in waiter.report(state)["nodes"]}
+    assert reports["n1"]["node_state"] == "ready" and reports["n2"]["node_state"] == "cordoned", reports
