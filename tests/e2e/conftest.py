@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -18,7 +17,7 @@ from typing import Optional
 import pytest
 
 from e2e.faults import api_proxy
-from e2e.support import REPO, VENV_BIN, Cluster, push_all
+from e2e.support import Cluster, install_collection, push_all
 from infra.apiproxy import ApiProxy
 from kube.cluster import KubeCluster
 
@@ -39,15 +38,7 @@ def collections_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     given = os.environ.get("E2E_COLLECTIONS_PATH")
     if given:
         return Path(given)
-    work = tmp_path_factory.mktemp("collection")
-    tree = subprocess.run(["bash", str(REPO / "scripts" / "build-tree.sh")], capture_output=True, text=True,
-                          check=True, env={**os.environ, "BUILD_ROOT": str(work / "tree")}).stdout.strip()
-    subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "build", tree, "--output-path",
-                    str(work / "dist")], check=True, capture_output=True)
-    tarball = next((work / "dist").glob("stackrox-prefetch-*.tar.gz"))
-    subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "install", "--offline", str(tarball), "-p",
-                    str(work / "collections")], check=True, capture_output=True)
-    return work / "collections"
+    return install_collection(tmp_path_factory.mktemp("collection"))
 
 
 @pytest.fixture(scope="session")

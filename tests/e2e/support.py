@@ -39,6 +39,7 @@ TEST_IMAGES: list[tuple[str, str, float, int]] = [
     ("e2e/status", "v1", 0.5, 1), ("e2e/edit", "v1", 0.5, 1), ("e2e/kubectl", "v1", 0.5, 1),
     ("e2e/psa", "v1", 0.5, 1), ("e2e/rbac", "v1", 0.5, 1), ("e2e/denied", "v1", 0.5, 1),
     ("e2e/slots-a", "v1", 1.0, 2), ("e2e/slots-b", "v1", 1.0, 2),
+    *[(f"e2e/herd-{what}", "v1", 1.0, 2) for what in ("two", "canary", "429", "429b", "killed")],
     *[(f"e2e/life-{what}", "v1", 0.5, 1) for what in ("cordon", "delete", "kubelet", "add")],
 ]
 
@@ -54,6 +55,19 @@ def push_all(upstream: str) -> list[str]:
         push_test_image(upstream, repository, tag, size_mib=size, layers=layers, seed=repository)
         refs.append(ref(repository, tag))
     return refs
+
+
+def install_collection(work: Path) -> Path:
+    """Builds the collection tarball from this checkout's file set and installs it under ``work``, as a user
+    installs it; returns the collections path for ANSIBLE_COLLECTIONS_PATH."""
+    tree = subprocess.run(["bash", str(REPO / "scripts" / "build-tree.sh")], capture_output=True, text=True,
+                          check=True, env={**os.environ, "BUILD_ROOT": str(work / "tree")}).stdout.strip()
+    subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "build", tree, "--output-path",
+                    str(work / "dist")], check=True, capture_output=True)
+    tarball = next((work / "dist").glob("stackrox-prefetch-*.tar.gz"))
+    subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "install", "--offline", str(tarball), "-p",
+                    str(work / "collections")], check=True, capture_output=True)
+    return work / "collections"
 
 
 @dataclass
@@ -357,3 +371,26 @@ class HeldRollout:
 def nodes_by_name(result: PlayResult, host: str = HELD_HOST) -> dict[str, dict[str, Any]]:
     """The rollout's per-node entries of ``host``'s result, by node name."""
     return {str(n["node"]): n for n in result.results.get(host, {}).get("nodes", [])}
+
+
+def succeeded_everywhere(held: HeldRollout, cluster: Cluster, image: str) -> dict[str, dict[str, Any]]:
+    """A released HeldRollout's per-node entries, once the play ended well: every node of ``cluster`` succeeded
+    with no warning (a denied or unreachable Lease API would have warned) and holds ``image`` (asked its CRI)."""
+    result, _ = held.result()
+    assert result.rc == 0, result.stdout[-6000:]
+    nodes = nodes_by_name(result, HELD_HOST)
+    assert sorted(nodes) == sorted(cluster.node_names)
+    assert all(n["status"] == "succeeded" and not n["warnings"] for n in nodes.values()), nodes
+    assert all(cluster.image_present(node, image) for node in cluster.node_names)
+    return nodes
+
+
+def most_at_once(windows: Sequence[tuple[float, float]]) -> int:
+    """The largest number of (start, end) windows that overlap at one instant (one ending as another starts: not
+    both)."""
+    edges = sorted([(start, 1) for start, _ in windows] + [(end, -1) for _, end in windows])
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
