@@ -116,6 +116,7 @@ def run_scenario(cluster: Cluster, collections: Path, work: Path, name: str, ima
     one_node = statistics.median(lengths)
     figures: dict[str, Any] = {
         "play_s": round(play_s, 1), "pull_total_s": round(total, 1), "one_node_s": round(one_node, 1),
+        "waited_s": {n: r.get("waited") for n, r in sorted(nodes.items()) if r.get("waited") is not None},
         "peak_nodes": most_at_once(list(spans.values())), "nodes_pulled": len(spans),
     }
     if slots:
@@ -138,8 +139,8 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=6)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--images", type=int, default=3, help="images per node per scenario")
-    parser.add_argument("--size-mib", type=float, default=6.0)
+    parser.add_argument("--images", type=int, default=4, help="images per node per scenario")
+    parser.add_argument("--size-mib", type=float, default=16.0)
     parser.add_argument("--latency-ms", type=float, default=30.0)
     parser.add_argument("--bandwidth-mib", type=float, default=4.0, help="per connection, MiB/s")
     args = parser.parse_args()

@@ -208,8 +208,9 @@ def _role_binding(settings: Settings, role: str) -> Obj:
 def _node_slots_role(settings: Settings) -> Obj:
     """The node-slot Leases (parallel_nodes): in the instance's namespace only, nothing cluster-wide.
 
-    The agent reads, lists, creates and updates (takes, renews, releases by clearing the holder) Leases; it never
-    deletes one, and names are not known in advance for `list`, so no resourceNames.
+    The agent reads, lists, watches (a waiter wakes when a slot is released), creates and updates (takes, renews,
+    releases by clearing the holder) Leases; it never deletes one, and names are not known in advance for `list`, so
+    no resourceNames.
     """
     description = (
         f"Allows the image-prefetcher agents of instance {settings.name} to take node slots "
@@ -225,7 +226,7 @@ def _node_slots_role(settings: Settings) -> Obj:
             {
                 "apiGroups": ["coordination.k8s.io"],
                 "resources": ["leases"],
-                "verbs": ["get", "list", "create", "update"],
+                "verbs": ["get", "list", "watch", "create", "update"],
             }
         ],
     }

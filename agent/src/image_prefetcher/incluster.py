@@ -14,7 +14,7 @@ import http.client
 import json
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,15 +74,48 @@ class InClusterConfig:
         self, method: str, path: str, body: bytes | None, headers: Mapping[str, str], timeout: float
     ) -> ApiResponse:
         """One blocking HTTPS request with the bearer token; raises OSError/ssl.SSLError/InClusterError on failure."""
-        all_headers = {"Accept": "application/json", "User-Agent": "image-prefetcher", **headers}
-        all_headers["Authorization"] = f"Bearer {self.read_token()}"
-        conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.ssl_context())
+        conn = self._connection(timeout)
         try:
-            conn.request(method, path, body=body, headers=all_headers)
+            conn.request(method, path, body=body, headers=self._headers(headers))
             response = conn.getresponse()
             return ApiResponse(response.status, response.read(1 << 20))
         finally:
             conn.close()
+
+    def stream(
+        self, path: str, timeout: float, on_connect: Callable[[http.client.HTTPConnection], None]
+    ) -> Iterator[bytes]:
+        """A blocking GET read line by line (a watch: one JSON event per line), until the server ends it.
+
+        ``on_connect`` gets the connection before anything is sent, so that another thread can end a blocked read
+        by shutting its socket down (asyncio cannot cancel a thread). A non-2xx answer raises StreamRefused."""
+        conn = self._connection(timeout)
+        on_connect(conn)
+        try:
+            conn.request("GET", path, headers=self._headers({}))
+            response = conn.getresponse()
+            if not 200 <= response.status < 300:
+                raise StreamRefused(ApiResponse(response.status, response.read(1 << 20)))
+            while line := response.readline(1 << 20):
+                yield line
+        finally:
+            conn.close()
+
+    def _connection(self, timeout: float) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.ssl_context())
+
+    def _headers(self, extra: Mapping[str, str]) -> dict[str, str]:
+        all_headers = {"Accept": "application/json", "User-Agent": "image-prefetcher", **extra}
+        all_headers["Authorization"] = f"Bearer {self.read_token()}"
+        return all_headers
+
+
+class StreamRefused(Exception):
+    """A streamed request answered with a non-2xx status (``response``)."""
+
+    def __init__(self, response: ApiResponse) -> None:
+        super().__init__(f"{response.status}: {response.error_text()}")
+        self.response = response
 
 
 def _os_reason(err: BaseException) -> str:

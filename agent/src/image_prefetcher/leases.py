@@ -21,6 +21,8 @@ N Leases `<instance>-slot-<i>` (i = 0..N-1) in the instance's namespace; a node 
   as there are other nodes; every waiter polls at the same jittered interval (no back-off that would favour
   newcomers) and tries the takeable slots in random order. A free slot released by this very node (a crash-looping
   or restarted pod) is left to the others for one lease duration after its release.
+* Wake on a release: between tries a waiter watches the Leases (from its LIST's resourceVersion) and tries again
+  as soon as one frees up, else after WATCH_POLLS poll intervals; without `watch` permission it only polls.
 * API server unreachable (no answer, 429, 5xx) for UNREACHABLE bound (`--lease-unreachable-timeout`, default 1m)
   in a row while waiting, or denied outright (401/403/404: RBAC or namespace missing): the node pulls without a slot
   and says so in a warning (summary `warnings`). A cap that blocks every node while the API server is down would
@@ -38,25 +40,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import http.client
 import json
 import random
+import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
-from image_prefetcher.incluster import ApiResponse, InClusterError
+from image_prefetcher.incluster import ApiResponse, InClusterError, StreamRefused
 from image_prefetcher.logs import Logger, Seconds
 
 Lease = dict[str, Any]
+Connections = list[http.client.HTTPConnection]  # (a name: HttpLeaseApi.list shadows `list` in its class)
 
 LEASES_PATH = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 RELEASED_BY = "prefetch.stackrox.io/released-by"
 DEFAULT_LEASE_DURATION_S = 30
 DEFAULT_UNREACHABLE_S = 60.0
 POLL_INTERVAL_S = 3.0  # each waiter's LIST rate: waiting nodes / 3 requests per second
+# While the Lease API can be watched, a waiter lists again when a Lease frees up (a release or a deletion, seen on a
+# watch) or after WATCH_POLLS poll intervals: the watch makes a hand-over take a round trip instead of half a poll
+# interval, and the LIST (which a dead holder's expiry needs: see Observations) is needed less often.
+WATCH_POLLS = 3
+FREED_JITTER_S = 0.2  # after a Lease frees up, each waiter lists within this: not all in the same millisecond
+WATCH_SLACK_S = 5.0  # the server ends a watch at its timeoutSeconds; the socket waits this much longer
 POLL_JITTER = 0.5  # a poll waits POLL_INTERVAL_S * (1 +- POLL_JITTER): waiters do not poll in lock-step
 REQUEST_TIMEOUT_S = 10.0
 RENEW_RETRY_S = 1.0
@@ -386,6 +397,15 @@ class LeaseApi(Protocol):
 
     async def update(self, lease: Lease, timeout: float) -> Lease: ...
 
+    @property
+    def can_watch(self) -> bool:
+        """Whether `wait_freed` can see Leases change (else it only sleeps)."""
+        ...
+
+    async def wait_freed(self, timeout: float) -> bool:
+        """Until a Lease of the namespace frees up after the last `list` (True), or `timeout` passes (False)."""
+        ...
+
 
 class ApiClient(Protocol):
     """`incluster.InClusterConfig` (blocking requests with the service-account token)."""
@@ -397,6 +417,25 @@ class ApiClient(Protocol):
         self, method: str, path: str, body: bytes | None, headers: Mapping[str, str], timeout: float
     ) -> ApiResponse: ...
 
+    def stream(
+        self, path: str, timeout: float, on_connect: Callable[[http.client.HTTPConnection], None]
+    ) -> Iterator[bytes]: ...
+
+
+def frees_a_slot(line: bytes) -> bool | None:
+    """One watch event: True when it frees a Lease (deleted, or written without a holder: a release), False for
+    one that does not (a take, a renewal), None when the watch cannot go on (an ERROR event such as 410 Gone, or
+    a line that is not an event)."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    kind = event.get("type") if isinstance(event, dict) else None
+    if kind not in ("ADDED", "MODIFIED", "DELETED"):
+        return None
+    lease = event.get("object")
+    return kind == "DELETED" or not (isinstance(lease, dict) and holder_of(lease))
+
 
 class HttpLeaseApi:
     """The Lease API over the standard library, each blocking request in a thread with its own timeout."""
@@ -404,11 +443,58 @@ class HttpLeaseApi:
     def __init__(self, client: ApiClient, namespace: str) -> None:
         self._client = client
         self._base = LEASES_PATH.format(namespace=quote(namespace, safe=""))
+        self._version = ""  # the resourceVersion of the last LIST: a watch starts there
+        self._watch_refused = False  # a Role without `watch` (an older collection): poll only, as before watches
+
+    @property
+    def can_watch(self) -> bool:
+        return not self._watch_refused
 
     async def list(self, timeout: float) -> list[Lease]:
         body = await self._call("GET", self._base, None, timeout)
+        version = _metadata(body).get("resourceVersion")
+        self._version = version if isinstance(version, str) else ""
         items = body.get("items") if isinstance(body, dict) else None
         return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+    async def wait_freed(self, timeout: float) -> bool:
+        """A watch from the last LIST's resourceVersion, ended by the first event that frees a Lease. Any failure
+        (no answer, 410 Gone, a refusal) ends it as a timeout would, after the rest of `timeout`: the caller lists
+        again, as it would without a watch."""
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + timeout
+        freed = False
+        if self._version and not self._watch_refused and timeout >= 1:
+            seconds = int(timeout)
+            path = f"{self._base}?watch=1&resourceVersion={quote(self._version, safe='')}&timeoutSeconds={seconds}"
+            opened: Connections = []
+            try:
+                freed = await asyncio.wait_for(
+                    asyncio.to_thread(self._watch_until_freed, path, seconds + WATCH_SLACK_S, opened),
+                    seconds + WATCH_SLACK_S + CALL_SLACK_S,
+                )
+            except (asyncio.TimeoutError, OSError, InClusterError):
+                freed = False
+            finally:
+                for conn in opened:  # ends a read still blocked in the thread (timeout, cancellation)
+                    _shut(conn)
+        if not freed:
+            await asyncio.sleep(max(0.0, ends - loop.time()))
+        return freed
+
+    def _watch_until_freed(self, path: str, timeout: float, opened: Connections) -> bool:
+        try:
+            for line in self._client.stream(path, timeout, opened.append):
+                verdict = frees_a_slot(line)
+                if verdict is None:
+                    self._version = ""  # e.g. 410 Gone: the next LIST gives a fresh start
+                    return False
+                if verdict:
+                    return True
+        except StreamRefused as refused:
+            if refused.response.status in (401, 403, 404, 405):
+                self._watch_refused = True
+        return False
 
     async def get(self, name: str, timeout: float) -> Lease | None:
         try:
@@ -454,6 +540,13 @@ class HttpLeaseApi:
         if not isinstance(decoded, dict):
             raise LeaseApiError(f"{method} {path}: the answer is not an object", response.status, transient=True)
         return decoded
+
+
+def _shut(conn: http.client.HTTPConnection) -> None:
+    with contextlib.suppress(OSError):
+        if conn.sock is not None:
+            conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
 
 
 # --- the async adapter ------------------------------------------------------------------------------------------------
@@ -545,7 +638,17 @@ class NodeSlot:
                     waited = loop.time() - started
                     self._log.info("took a node slot", slot=taken, waited=Seconds(waited))
                     return SlotOutcome(slot=taken, waited_s=waited)
-            await asyncio.sleep(max(0.0, min(poll_delay(self.config, self._rand), deadline.remaining())))
+            await self._until_next_try(deadline)
+
+    async def _until_next_try(self, deadline: Deadline) -> None:
+        """A poll interval; while the Lease API can be watched, WATCH_POLLS of them, cut short when a Lease frees
+        up (then a short jitter, so that the waiters do not all list in the same millisecond)."""
+        polls = WATCH_POLLS if self._api.can_watch else 1
+        window = max(0.0, min(polls * poll_delay(self.config, self._rand), deadline.remaining()))
+        if polls > 1 and await self._api.wait_freed(window):
+            await asyncio.sleep(max(0.0, min(self._rand() * FREED_JITTER_S, deadline.remaining())))
+        elif polls == 1:
+            await asyncio.sleep(window)
 
     def _without_slot(self, err: LeaseApiError, waited: float, unreachable_for: float) -> SlotOutcome:
         refused = "the Lease API refused"

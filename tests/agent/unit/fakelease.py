@@ -29,6 +29,11 @@ class FakeLeaseApi:
     latency: float = 0.0
     faults: dict[str, list[LeaseApiError]] = field(default_factory=dict)  # verb -> errors for its next calls
     calls: list[tuple[str, str]] = field(default_factory=list)  # (verb, name or "")
+    # The watch: off by default (poll only, as against a Role without `watch`); on, `wait_freed` ends at the first
+    # write without a holder (a release) after the latest LIST of any caller.
+    watchable: bool = False
+    listed_at: int = 0  # the store version at the latest LIST
+    freed_at: list[int] = field(default_factory=list)  # store versions of writes that freed a Lease
 
     def holders(self) -> dict[str, str]:
         return {name: holder_of(lease) for name, lease in sorted(self.store.items())}
@@ -66,7 +71,23 @@ class FakeLeaseApi:
 
     async def list(self, timeout: float) -> list[Lease]:
         await self._enter("list", "")
+        self.listed_at = self.version
         return [copy.deepcopy(lease) for lease in self.store.values()]
+
+    @property
+    def can_watch(self) -> bool:
+        return self.watchable
+
+    async def wait_freed(self, timeout: float) -> bool:
+        self.calls.append(("watch", ""))
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + timeout
+        while True:
+            if self.watchable and not self.down and any(v > self.listed_at for v in self.freed_at):
+                return True
+            if loop.time() >= ends:
+                return False
+            await asyncio.sleep(min(0.05, ends - loop.time()))
 
     async def get(self, name: str, timeout: float) -> Lease | None:
         await self._enter("get", name)
@@ -98,4 +119,6 @@ class FakeLeaseApi:
         stored = copy.deepcopy(lease)
         stored["metadata"]["resourceVersion"] = str(self.version)
         self.store[name] = stored
+        if not holder_of(stored):
+            self.freed_at.append(self.version)
         return copy.deepcopy(stored)

@@ -11,7 +11,7 @@ import contextlib
 import io
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -570,6 +570,9 @@ class FakeClient:
         if isinstance(answer, OSError):
             raise answer
         return answer
+
+    def stream(self, path: str, timeout: float, on_connect: Callable[[Any], None]) -> Iterator[bytes]:
+        raise AssertionError(f"no watch expected here: {path}")
 
 
 STATUS_409 = b'{"kind":"Status","message":"Operation cannot be fulfilled on leases \\"pf-slot-0\\"","code":409}'

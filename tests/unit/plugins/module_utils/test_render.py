@@ -613,7 +613,11 @@ def test_node_slots_rbac_is_namespaced_and_minimal() -> None:
     assert role["metadata"]["namespace"] == "prefetch"
     assert role["metadata"]["labels"] == COMMON_LABELS
     assert role["rules"] == [
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "create", "update"]}
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "list", "watch", "create", "update"],
+        }
     ]
     binding = by_kind(objects, "RoleBinding")
     assert binding["metadata"]["namespace"] == "prefetch"
