@@ -36,9 +36,6 @@ def _shorten(text: str, limit: int = _MESSAGE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-__all__ = ["parse_time"]  # kept importable from here: it moved to _rollout, which reads Lease times too
-
-
 def pulling_since(
     daemonset: dict[str, Any], pods: list[dict[str, Any]], acquired: Optional[dict[str, float]] = None
 ) -> dict[str, float]:

@@ -34,14 +34,16 @@ description:
     longer has (410 Gone, also as a watch event) makes it list again; a request that still fails after the retries
     (see the notes), or is refused (401, 403), fails the task at once, naming the DaemonSet, the request and the
     cause, with the partial report.
-  - With a node-slot cap (the instance rendered with C(parallel_nodes) above 0, read from the C(--parallel-nodes)
+  - >-
+    With a node-slot cap (the instance rendered with C(parallel_nodes) above 0, read from the C(--parallel-nodes)
     and C(--canary) arguments of the DaemonSet's C(prefetch) init container), the module also lists and watches the
-    instance's Leases (label C(app.kubernetes.io/instance=<name>) in O(namespace)): a node whose agent runs
+    instance's Leases (label C(app.kubernetes.io/instance=<name>) in O(namespace)). A node whose agent runs
     without holding a slot Lease C(<name>-slot-<i>) (or the canary Lease C(<name>-canary)) is reported V(waiting)
     for a slot, one that holds one V(pulling). A node that released its slot after its agent started is done
-    pulling and only finishing (node label, metrics): it stays V(pulling). Leases that may not be listed (403) or
+    pulling and only finishing (node label, metrics), so it stays V(pulling). Leases that may not be listed (403) or
     watched leave the report without V(waiting) (running agents are V(pulling)), never failing the task.
-  - With the cap on, once a node finished, the module estimates the waves the cap needs, C(ceil(nodes /
+  - >-
+    With the cap on, once a node finished, the module estimates the waves the cap needs, C(ceil(nodes /
     parallel_nodes)) (one more for the canary) times one wave, the median time a finished node pulled (its
     summary's C(seconds) minus C(waited)), from the first agent's start; when that ends after O(timeout) it emits
     one warning, for example C(timeout 600s is likely too short for 6 nodes at parallel_nodes=2: 3 waves of ~250s
@@ -152,7 +154,7 @@ nodes:
     status:
       description:
         - V(succeeded) every image is present; V(failed) some image is not (see RV(nodes[].errors));
-          V(pulling) the agent runs (with C(parallel_nodes): and holds a node slot or the canary Lease, or has
+          V(pulling) the agent runs (with C(parallel_nodes), it holds a node slot or the canary Lease, or has
           released its slot and is finishing); V(waiting) the agent runs and waits for a node slot (only with
           C(parallel_nodes) and Leases the credentials may list); V(pending) the init container waits (for example
           the agent's own image does not
