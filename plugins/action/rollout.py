@@ -31,6 +31,7 @@ from ansible.utils.vars import merge_hash
 from ansible_collections.stackrox.prefetch.plugins.module_utils._progress import (
     Throttle,
     change_key,
+    new_warnings,
     progress_line,
     read_snapshot,
 )
@@ -59,12 +60,21 @@ def follow(
     monotonic: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
 ) -> int:
-    """Print progress lines from the snapshot file while ``running(poll)`` says the module runs; the line count."""
+    """Print progress lines from the snapshot file while ``running(poll)`` says the module runs; the line count.
+
+    A warning of the wait (the waves estimate) is printed once, as soon as it appears: it is worth acting on early.
+    """
     throttle = Throttle(interval, monotonic())
     printed = 0
+    shown: set[str] = set()
     while running(POLL_SECONDS):
         snap = read_snapshot(path)
-        if snap is not None and throttle.offer(change_key(snap), monotonic()):
+        if snap is None:
+            continue
+        for warning in new_warnings(snap, shown):
+            show(f"{host}: warning: {warning}")
+            printed += 1
+        if throttle.offer(change_key(snap), monotonic()):
             show(progress_line(host, snap, wall()))
             printed += 1
     return printed

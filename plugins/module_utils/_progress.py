@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from ansible_collections.stackrox.prefetch.plugins.module_utils._rollout import (
     is_current_pod,
+    parse_time,
     pod_node,
     prefetch_status,
 )
@@ -36,18 +36,11 @@ def _shorten(text: str, limit: int = _MESSAGE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def parse_time(value: Any) -> Optional[float]:
-    """Unix seconds of a Kubernetes timestamp (``2026-12-04T06:00:00Z``), None when there is none or it is odd."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        return None
-
-
-def pulling_since(daemonset: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, float]:
-    """Node -> when its agent started (the running prefetch init container's startedAt), for the current pods."""
+def pulling_since(
+    daemonset: dict[str, Any], pods: list[dict[str, Any]], acquired: Optional[dict[str, float]] = None
+) -> dict[str, float]:
+    """Node -> when its agent started (the running prefetch init container's startedAt), for the current pods;
+    with ``acquired`` (node -> when it took its node slot), the later of the two: the wait is not pulling."""
     since = {}
     for pod in pods:
         if not is_current_pod(pod, daemonset) or not pod_node(pod):
@@ -55,12 +48,15 @@ def pulling_since(daemonset: dict[str, Any], pods: list[dict[str, Any]]) -> dict
         running = (((prefetch_status(pod) or {}).get("state")) or {}).get("running") or {}
         started = parse_time(running.get("startedAt"))
         if started is not None:
-            since[pod_node(pod)] = started
+            since[pod_node(pod)] = max(started, (acquired or {}).get(pod_node(pod), started))
     return since
 
 
-def snapshot(nodes: list[dict[str, Any]], since: dict[str, float], desired: int = 0) -> dict[str, Any]:
-    """Counts by status, the node pulling the longest and the first node that has not started (JSON-ready).
+def snapshot(
+    nodes: list[dict[str, Any]], since: dict[str, float], desired: int = 0, warnings: Optional[list[str]] = None
+) -> dict[str, Any]:
+    """Counts by status (``waiting``: for a node slot), the node pulling the longest, the first node that has not
+    started and the wait's warnings (JSON-ready).
 
     ``desired``: the DaemonSet's desiredNumberScheduled; nodes it counts that have no pod yet are not started.
     """
@@ -81,6 +77,8 @@ def snapshot(nodes: list[dict[str, Any]], since: dict[str, float], desired: int 
         result["slowest"] = {"node": name, "since": None if started == float("inf") else started}
     if waiting:
         result["waiting"] = {"node": str(waiting[0]["node"]), "message": _shorten(waiting[0].get("message") or "")}
+    if warnings:
+        result["warnings"] = list(warnings)
     return result
 
 
@@ -95,8 +93,9 @@ def duration(seconds: float) -> str:
 
 
 def progress_line(host: str, snap: dict[str, Any], now: float) -> str:
-    """``prod-east: 7/20 nodes done (6 succeeded, 1 failed), 11 pulling, 2 not started; slowest: node-4 pulling
-    for 2m05s``; ``now`` in Unix seconds (the slowest node's start is the kubelet's clock)."""
+    """``prod-east: 7/20 nodes done (6 succeeded, 1 failed), 2 pulling, 9 waiting for a slot, 2 not started;
+    slowest: node-4 pulling for 2m05s``; ``now`` in Unix seconds (the slowest node's start is the kubelet's clock,
+    or the node's own when it took its slot)."""
     counts: dict[str, int] = dict(snap.get("counts") or {})
     done = sum(counts.get(status, 0) for status in DONE)
     parts = [f"{count} {status}" for status in DONE if (count := counts.get(status, 0))]
@@ -105,6 +104,8 @@ def progress_line(host: str, snap: dict[str, Any], now: float) -> str:
         line += f" ({', '.join(parts)})"
     if counts.get("pulling"):
         line += f", {counts['pulling']} pulling"
+    if counts.get("waiting"):
+        line += f", {counts['waiting']} waiting for a slot"
     not_started = sum(counts.get(status, 0) for status in NOT_STARTED)
     if not_started:
         line += f", {not_started} not started"
@@ -122,8 +123,8 @@ def progress_line(host: str, snap: dict[str, Any], now: float) -> str:
 
 
 def change_key(snap: dict[str, Any]) -> str:
-    """What makes a new line worth printing: the counts, the slowest node and the first waiting node's reason
-    (not the time, which changes every second)."""
+    """What makes a new line worth printing: the counts (``waiting`` for a slot among them), the slowest node and
+    the first not-started node's reason (not the time, which changes every second)."""
     slowest = (snap.get("slowest") or {}).get("node")
     return json.dumps([snap.get("nodes"), snap.get("counts"), slowest, snap.get("waiting")], sort_keys=True)
 
@@ -167,11 +168,22 @@ def read_snapshot(path: str) -> Optional[dict[str, Any]]:
     return parsed if isinstance(parsed, dict) else None
 
 
-class SnapshotWriter:
-    """The module's side: called with every new watch state; writes the snapshot when it changed."""
+def new_warnings(snap: dict[str, Any], shown: set[str]) -> list[str]:
+    """The snapshot's warnings not shown yet (each is printed once, at once: not held back by the throttle)."""
+    fresh = [str(text) for text in snap.get("warnings") or [] if str(text) not in shown]
+    shown.update(fresh)
+    return fresh
 
-    def __init__(self, path: str, report: Callable[[Any], dict[str, Any]]) -> None:
+
+class SnapshotWriter:
+    """The module's side: called with every new watch state; writes the snapshot when it changed. ``warnings``:
+    the wait's warnings (the waiter's list, read at every call)."""
+
+    def __init__(
+        self, path: str, report: Callable[[Any], dict[str, Any]], warnings: Optional[list[str]] = None
+    ) -> None:
         self.path, self.report = path, report
+        self.warnings = warnings if warnings is not None else []
         self.last: Optional[str] = None
         self.broken = False
 
@@ -181,7 +193,9 @@ class SnapshotWriter:
         try:
             nodes = self.report(state).get("nodes") or []
             desired = int(((state.daemonset.get("status") or {}).get("desiredNumberScheduled")) or 0)
-            snap = snapshot(nodes, pulling_since(state.daemonset, list(state.pods.values())), desired)
+            leases = state.slot_leases()
+            since = pulling_since(state.daemonset, list(state.pods.values()), leases.acquired if leases else None)
+            snap = snapshot(nodes, since, desired, self.warnings)
         except Exception:  # a state this code did not foresee: no more progress lines, the wait goes on
             self.broken = True
             return

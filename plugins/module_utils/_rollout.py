@@ -11,10 +11,13 @@ instead of polling.
 from __future__ import annotations
 
 import json
+import math
 import queue
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from ansible_collections.stackrox.prefetch.plugins.module_utils._cluster import (
@@ -223,8 +226,15 @@ def parse_summary(message: Optional[str]) -> tuple[Optional[dict[str, Any]], str
         "warnings": [
             _shorten(str(text), WARNING_LENGTH_LIMIT) for text in warnings[:WARNINGS_LIMIT] if str(text).strip()
         ],
+        # Only with --parallel-nodes (`waited`) and on the canary node (`canary`); None/False otherwise.
+        "waited": _seconds_or_none(parsed.get("waited")),
+        "canary": parsed.get("canary") is True,
     }
     return summary, ""
+
+
+def _seconds_or_none(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _first_line(text: str) -> str:
@@ -308,6 +318,10 @@ def _report_from_terminated(node: str, pod: dict[str, Any], terminated: dict[str
     report = _empty_report(node, pod, "succeeded", "")
     for key in ("ok", "failed", "skipped", "attempts", "bytes", "seconds", "errors", "retries", "warnings"):
         report[key] = summary[key]
+    if summary["waited"] is not None:
+        report["waited"] = summary["waited"]
+    if summary["canary"]:
+        report["canary"] = True
     notes = []
     if not summary["complete"]:
         notes.append("interrupted before every image ended")
@@ -383,7 +397,7 @@ def node_not_ready(node: dict[str, Any]) -> Optional[str]:
     return None
 
 
-_STILL_WAITING = ("pulling", "pending", "not_started", "unknown")
+_STILL_WAITING = ("pulling", "waiting", "pending", "not_started", "unknown")
 
 
 def annotate_nodes(
@@ -419,18 +433,227 @@ def annotate_nodes(
     return sorted(reports, key=lambda report: report["node"])
 
 
+# --- node slots: the agents' --parallel-nodes cap seen through their Leases (pure) -------------------------------
+
+RELEASED_BY_ANNOTATION = "prefetch.stackrox.io/released-by"  # the agent's leases.RELEASED_BY
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+
+
+@dataclass(frozen=True)
+class NodeSlots:
+    """The cap the DaemonSet's agents run with: ``--parallel-nodes N`` (0: none) and ``--canary`` of the prefetch
+    container; ``instance`` names their Leases (``<instance>-slot-<i>``, ``<instance>-canary``)."""
+
+    parallel_nodes: int = 0
+    canary: bool = False
+    instance: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.parallel_nodes > 0
+
+    def lease_names(self) -> set[str]:
+        names = {f"{self.instance}-slot-{index}" for index in range(self.parallel_nodes)}
+        return names | {f"{self.instance}-canary"} if self.canary else names
+
+
+def _flag_value(args: list[str], index: int, flag: str) -> Optional[str]:
+    """The value of ``--flag=V``/``-flag=V`` at ``args[index]``, of ``--flag V`` (the next argument), or None."""
+    argument = args[index]
+    for spelling in (f"--{flag}", f"-{flag}"):
+        if argument.startswith(spelling + "="):
+            return argument[len(spelling) + 1:]
+        if argument == spelling:
+            return args[index + 1] if index + 1 < len(args) else ""
+    return None
+
+
+def parse_slot_flags(args: list[str]) -> tuple[int, bool]:
+    """(parallel_nodes, canary) from the agent's command line; the last occurrence wins, as for Go's flag package.
+
+    ``--canary`` is a boolean flag: bare, or ``--canary=true|false`` (never ``--canary true``, which Go reads as a
+    positional argument); an unreadable ``--parallel-nodes`` counts as 0 (the agent would refuse it anyway).
+    """
+    parallel_nodes, canary = 0, False
+    for index, argument in enumerate(args):
+        count = _flag_value(args, index, "parallel-nodes")
+        if count is not None:
+            parallel_nodes = int(count) if count.strip().isdigit() else 0
+        elif argument in ("--canary", "-canary"):
+            canary = True
+        elif argument.startswith(("--canary=", "-canary=")):
+            canary = argument.split("=", 1)[1].strip().lower() in ("1", "t", "true")
+    return parallel_nodes, canary
+
+
+def _prefetch_container(daemonset: dict[str, Any]) -> dict[str, Any]:
+    spec = (((daemonset.get("spec") or {}).get("template") or {}).get("spec")) or {}
+    for container in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
+        if container.get("name") == PREFETCH_CONTAINER:
+            return dict(container)
+    return {}
+
+
+def node_slots(daemonset: dict[str, Any]) -> NodeSlots:
+    """The cap of the DaemonSet's current template; the instance from the agent's INSTANCE_NAME, else its name."""
+    container = _prefetch_container(daemonset)
+    parallel_nodes, canary = parse_slot_flags([str(arg) for arg in container.get("args") or []])
+    env = {str(item.get("name")): item.get("value") for item in container.get("env") or [] if "value" in item}
+    instance = str(env.get("INSTANCE_NAME") or _meta(daemonset).get("name") or "")
+    return NodeSlots(parallel_nodes, canary and parallel_nodes > 0, instance)
+
+
+def parse_time(value: Any) -> Optional[float]:
+    """Unix seconds of a Kubernetes Time (``2026-12-04T06:00:00Z``) or MicroTime (``...06:00:00.123456Z``), None
+    when there is none or it is odd."""
+    if not isinstance(value, str) or not value:
+        return None
+    for pattern in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ"):
+        try:
+            return datetime.strptime(value, pattern).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+def agent_started(pod: dict[str, Any]) -> Optional[float]:
+    """When the prefetch init container started (running, else terminated), Unix seconds of the node's clock."""
+    state = (prefetch_status(pod) or {}).get("state") or {}
+    record = state.get("running") or state.get("terminated") or {}
+    return parse_time(record.get("startedAt"))
+
+
+@dataclass(frozen=True)
+class SlotLeases:
+    """What the instance's Leases say per node: the Lease it holds (and since when, its acquireTime), and when it
+    last released one (``released-by``, its renewTime; both times of that node's own clock)."""
+
+    holders: dict[str, str] = field(default_factory=dict)
+    acquired: dict[str, float] = field(default_factory=dict)
+    released: dict[str, float] = field(default_factory=dict)
+
+
+def lease_release(lease: dict[str, Any]) -> Optional[tuple[str, float]]:
+    """(node, release time) of a Lease its last holder released, else None."""
+    spec = dict(lease.get("spec") or {})
+    node = (_meta(lease).get("annotations") or {}).get(RELEASED_BY_ANNOTATION)
+    released = parse_time(spec.get("renewTime"))
+    if spec.get("holderIdentity") or not node or released is None:
+        return None
+    return str(node), released
+
+
+def slot_leases(slots: NodeSlots, leases: list[dict[str, Any]], releases: dict[str, float]) -> SlotLeases:
+    """The holders of this cap's slot and canary Leases; ``releases`` adds the releases seen earlier in the wait
+    (a released slot is soon taken by a waiting node, which clears ``released-by``)."""
+    names = slots.lease_names()
+    holders, acquired, released = {}, {}, dict(releases)
+    for lease in leases:
+        if _meta(lease).get("name") not in names:
+            continue
+        holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
+        if holder:
+            holders[holder] = str(_meta(lease).get("name"))
+            since = parse_time((lease.get("spec") or {}).get("acquireTime"))
+            if since is not None:
+                acquired[holder] = since
+        release = lease_release(lease)
+        if release is not None:
+            released[release[0]] = max(release[1], released.get(release[0], release[1]))
+    return SlotLeases(holders, acquired, released)
+
+
+def mark_slot_waiting(
+    reports: list[dict[str, Any]], pods: dict[str, dict[str, Any]], slots: NodeSlots, leases: Optional[SlotLeases]
+) -> list[dict[str, Any]]:
+    """With the cap on, splits the running agents (``pulling``) into those holding a slot or the canary Lease
+    (``pulling``) and those without one (``waiting`` for a slot). A node that released its slot after its agent
+    started is done pulling and only finishing (node label, metrics): it stays ``pulling``, never ``waiting``.
+    Without the cap, or without the Leases (not listed yet, or denied), reports stay as they are."""
+    if not slots.enabled or leases is None:
+        return reports
+    for report in reports:
+        if report["status"] != "pulling":
+            continue
+        node = str(report["node"])
+        started = agent_started(pods[node]) if node in pods else None
+        if node in leases.holders:
+            held = leases.holders[node]
+            report["message"] += " as the canary" if held.endswith("-canary") else f" in node slot {held}"
+        elif node in leases.released and (started is None or leases.released[node] >= started):
+            report["message"] = "done pulling, released its node slot; finishing (node label, metrics)"
+        else:
+            report["status"] = "waiting"
+            report["message"] = _waiting_for_slot_message(slots, leases)
+    return reports
+
+
+def _waiting_for_slot_message(slots: NodeSlots, leases: SlotLeases) -> str:
+    text = f"waiting for a node slot (parallel_nodes={slots.parallel_nodes}"
+    holders = sorted(leases.holders)
+    return text + (f"; held by {_join_names(holders)})" if holders else ")")
+
+
+def _join_names(names: list[str], limit: int = _MESSAGE_GROUP_LIMIT) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# --- the waves estimate (pure) -------------------------------------------------------------------------------------
+
+
+def wave_seconds(reports: list[dict[str, Any]]) -> Optional[float]:
+    """One wave: the median time a finished node pulled, its summary's ``seconds`` minus ``waited`` (the run time
+    includes the wait for a slot, which is exactly what the waves add up; pod timestamps cannot separate the two).
+    The median, because nodes that had every image already (a few seconds) or hit a retry must not set the pace."""
+    runs = [
+        max(0.0, float(report["seconds"]) - float(report.get("waited") or 0.0))
+        for report in reports
+        if report["status"] in ("succeeded", "failed")
+    ]
+    return statistics.median(runs) if runs else None
+
+
+def waves_needed(nodes: int, slots: NodeSlots) -> int:
+    """ceil(nodes / parallel_nodes); with the canary, its run alone comes first."""
+    if not slots.enabled or nodes <= 0:
+        return 0
+    if slots.canary:
+        return 1 + math.ceil((nodes - 1) / slots.parallel_nodes)
+    return math.ceil(nodes / slots.parallel_nodes)
+
+
+def waves_warning(
+    timeout: float, nodes: int, slots: NodeSlots, wave: Optional[float], started: float, deadline: float
+) -> Optional[str]:
+    """The warning when the waves likely end after the deadline: ``started`` (the first agent's start) plus
+    waves * ``wave``, against ``deadline`` (same clock), else None."""
+    waves = waves_needed(nodes, slots)
+    if wave is None or waves == 0 or started + waves * wave <= deadline:
+        return None
+    canary = " and canary" if slots.canary else ""
+    return (
+        f"timeout {int(timeout)}s is likely too short for {nodes} nodes at parallel_nodes={slots.parallel_nodes}"
+        f"{canary}: {waves} waves of ~{round(wave)}s each need ~{round(waves * wave)}s; raise timeout or "
+        "parallel_nodes"
+    )
+
+
 def build_report(
     daemonset: dict[str, Any],
     pods: list[dict[str, Any]],
     expected_nodes: Optional[list[str]] = None,
     nodes_by_name: Optional[dict[str, dict[str, Any]]] = None,
     seen_nodes: Optional[set[str]] = None,
+    leases: Optional[SlotLeases] = None,
 ) -> dict[str, Any]:
     """``nodes`` (sorted by node), ``totals`` and ``daemonset`` counters from the current pods; with the Node
-    objects, each entry also says the node's state, and nodes deleted during the rollout are reported ``gone``."""
+    objects, each entry also says the node's state, and nodes deleted during the rollout are reported ``gone``;
+    with the cap on and its Leases, running agents without a slot are ``waiting``."""
     by_node = _newest_per_node([pod for pod in pods if is_current_pod(pod, daemonset)])
     names = set(by_node) | set(expected_nodes or [])
     nodes = [node_report(name, by_node.get(name)) for name in sorted(names)]
+    nodes = mark_slot_waiting(nodes, by_node, node_slots(daemonset), leases)
     nodes = annotate_nodes(nodes, nodes_by_name, seen_nodes or set())
     totals = {
         "nodes": len(nodes),
@@ -495,9 +718,15 @@ def start_failure_message(target: str, nodes: list[dict[str, Any]]) -> str:
 
 
 def timeout_message(
-    target: str, timeout: float, progress: Progress, nodes: list[dict[str, Any]], events: list[str]
+    target: str,
+    timeout: float,
+    progress: Progress,
+    nodes: list[dict[str, Any]],
+    events: list[str],
+    parallel_nodes: int = 0,
 ) -> str:
-    """Which nodes are still pulling, which never started and why, plus the DaemonSet's warning events."""
+    """Which nodes are still pulling, which wait for a node slot, which never started and why, plus the
+    DaemonSet's warning events."""
     parts = [f"timed out after {int(timeout)}s waiting for {target} ({progress.reason})"]
     not_ready = [n for n in nodes if n.get("node_state") == "not_ready" and n["status"] in _STILL_WAITING]
     if not_ready:
@@ -508,9 +737,16 @@ def timeout_message(
     if gone:
         parts.append(f"deleted during the rollout: {', '.join(gone)}")
     pulling = _nodes_with(nodes, ("pulling",), with_message=False)
+    waiting_for_slot = _nodes_with(nodes, ("waiting",), with_message=False)
     waiting = _nodes_with(nodes, ("pending", "not_started"), with_message=True)
     if pulling:
         parts.append(f"still pulling: {', '.join(pulling)}")
+    if waiting_for_slot:
+        # The cap is then (part of) the reason: name it, so the user raises parallel_nodes or the timeout.
+        cap = f" (parallel_nodes={parallel_nodes})" if parallel_nodes else ""
+        parts.append(
+            f"{len(waiting_for_slot)} node(s) still waiting for a node slot{cap}: {_join_names(waiting_for_slot)}"
+        )
     if waiting:
         parts.append(f"not started: {_join_limited(waiting)}")
     if events:
@@ -631,6 +867,26 @@ class WatchState:
     # The Nodes' first list arrived, or they cannot be watched: until then a rollout that is already complete (the
     # pods' list came first) would be reported without node states.
     nodes_settled: bool = False
+    leases: Optional[dict[str, dict[str, Any]]] = None  # None: not listed yet, not watched, or denied
+    # Node -> its latest slot release seen in this wait: kept after a waiting node took the slot over (which clears
+    # the release annotation), so a node that is only finishing is not taken for one waiting.
+    releases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def slots(self) -> NodeSlots:
+        """The cap of the DaemonSet as last seen (its Leases are watched when the wait started with one)."""
+        return node_slots(self.daemonset) if self.daemonset is not None else NodeSlots()
+
+    def slot_leases(self) -> Optional[SlotLeases]:
+        if not self.slots.enabled or self.leases is None:
+            return None
+        return slot_leases(self.slots, list(self.leases.values()), self.releases)
+
+    def _saw_lease(self, lease: dict[str, Any]) -> None:
+        release = lease_release(lease)
+        if release is not None:
+            node, when = release
+            self.releases[node] = max(when, self.releases.get(node, when))
 
     def _saw(self, pod: dict[str, Any]) -> None:
         if self.daemonset is not None and is_current_pod(pod, self.daemonset) and pod_node(pod):
@@ -641,6 +897,10 @@ class WatchState:
         if kind == "nodes":
             self.nodes = {str(_meta(item).get("name")): item for item in items}
             self.nodes_settled = True
+        elif kind == "leases":
+            self.leases = {str(_meta(item).get("name")): item for item in items}
+            for lease in items:
+                self._saw_lease(lease)
         elif kind == "pods":
             self.pods = {str(_meta(item).get("name")): item for item in items}
             for pod in items:
@@ -655,11 +915,11 @@ class WatchState:
             return  # BOOKMARK only moves the resourceVersion
         name = str(_meta(obj).get("name"))
         if kind == "nodes":
-            if self.nodes is not None:
-                if kind_of_event == "DELETED":
-                    self.nodes.pop(name, None)
-                else:
-                    self.nodes[name] = obj
+            _apply_event(self.nodes, kind_of_event, name, obj)
+        elif kind == "leases":
+            _apply_event(self.leases, kind_of_event, name, obj)
+            if self.leases is not None:
+                self._saw_lease(obj)
         elif kind == "pods":
             if kind_of_event == "DELETED":
                 self.pods.pop(name, None)
@@ -668,6 +928,18 @@ class WatchState:
                 self._saw(obj)
         elif name == self.name:
             self.daemonset = None if kind_of_event == "DELETED" else obj
+
+
+def _apply_event(
+    known: Optional[dict[str, dict[str, Any]]], kind_of_event: str, name: str, obj: dict[str, Any]
+) -> None:
+    """An ADDED/MODIFIED/DELETED event on a kind that may be unwatched (None: nothing to keep up to date)."""
+    if known is None:
+        return
+    if kind_of_event == "DELETED":
+        known.pop(name, None)
+    else:
+        known[name] = obj
 
 
 class _ListWatch(threading.Thread):
@@ -742,6 +1014,9 @@ class RolloutWaiter:
     watch_slice: int = 30
     # Called with the state after every batch of watch events while waiting (live progress, _progress.py).
     on_progress: Optional[Callable[[WatchState], None]] = None
+    wall: Callable[[], float] = time.time  # Unix time, to set the deadline against the agents' start times
+    # Warnings of this wait for the task's result (at most one: the waves estimate); the progress lines show them.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def target(self) -> str:
@@ -753,14 +1028,16 @@ class RolloutWaiter:
     def wait(self, daemonset: dict[str, Any]) -> WatchState:
         """Follow the DaemonSet and its pods; RolloutError (with the partial report) on timeout or no nodes."""
         deadline = self.clock() + self.timeout
+        wall_deadline = self.wall() + self.timeout
         state = WatchState(self.name, daemonset)
         events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
-        watchers = self._start_watchers(daemonset, events)
+        watchers = self._start_watchers(daemonset, node_slots(daemonset), events)
         try:
             while True:
                 progress = self._evaluate(state)
                 if progress.done and state.nodes_settled:
                     return state
+                self._check_waves(state, wall_deadline)
                 if self.on_progress is not None:
                     self.on_progress(state)
                 remaining = deadline - self.clock()
@@ -775,7 +1052,9 @@ class RolloutWaiter:
             for watcher in watchers:
                 watcher.stopped.set()
 
-    def _start_watchers(self, daemonset: dict[str, Any], events: queue.Queue[tuple[str, str, Any]]) -> list[_ListWatch]:
+    def _start_watchers(
+        self, daemonset: dict[str, Any], slots: NodeSlots, events: queue.Queue[tuple[str, str, Any]]
+    ) -> list[_ListWatch]:
         slice_seconds = max(1, min(self.watch_slice, int(self.timeout) + 1))
         watchers = [
             # No field selector: list/watch the namespace's DaemonSets and pick ours by name.
@@ -810,9 +1089,39 @@ class RolloutWaiter:
                 optional=True,
             ),
         ]
+        leases = self._lease_info() if slots.enabled else None
+        if leases is not None:
+            # The agents' node-slot Leases, to tell a node waiting for a slot from one pulling. Optional as the
+            # Nodes: a user who may not list Leases gets the report without `waiting`.
+            selector = f"{INSTANCE_LABEL}={slots.instance}"
+            watchers.append(
+                _ListWatch(self.cluster, leases, self.namespace, selector, "leases", events, slice_seconds, True)
+            )
         for watcher in watchers:
             watcher.start()
         return watchers
+
+    def _lease_info(self) -> Optional[ResourceInfo]:
+        try:
+            return self.cluster.resource_for("coordination.k8s.io/v1", "Lease")
+        except (ForbiddenError, NotFoundError):  # discovery denied or the API not served: no waiting state
+            return None
+
+    def _check_waves(self, state: WatchState, wall_deadline: float) -> None:
+        """Once a node finished, warn (once) when the waves of the cap likely need longer than the timeout."""
+        if self.warnings or not state.slots.enabled or state.daemonset is None:
+            return
+        reports = self.report(state)["nodes"]
+        wave = wave_seconds(reports)
+        if wave is None:
+            return
+        current = [pod for pod in state.pods.values() if is_current_pod(pod, state.daemonset)]
+        starts = [when for when in (agent_started(pod) for pod in current) if when is not None]
+        desired = int(_status(state.daemonset).get("desiredNumberScheduled") or 0)
+        started = min(starts) if starts else wall_deadline - self.timeout
+        warning = waves_warning(self.timeout, max(desired, len(reports)), state.slots, wave, started, wall_deadline)
+        if warning is not None:
+            self.warnings.append(warning)
 
     def _drain(self, state: WatchState, events: queue.Queue[tuple[str, str, Any]], remaining: float) -> None:
         """Block for the next report (at most ``remaining`` seconds), then take every report already queued."""
@@ -831,7 +1140,9 @@ class RolloutWaiter:
         what, kind, payload = item
         if what == "error":
             raise RolloutError(f"while waiting for {self.target}: {payload}", self.report(state))
-        if what == "unwatched":
+        if what == "unwatched" and kind == "leases":
+            state.leases = None
+        elif what == "unwatched":
             state.nodes = None
             state.nodes_settled = True
         elif what == "sync":
@@ -857,7 +1168,9 @@ class RolloutWaiter:
         # Pulling and pending pods already say why; events explain the DaemonSet and pods that never started.
         unexplained = {node["pod"] for node in report.get("nodes", []) if node["status"] in ("not_started", "unknown")}
         events = self._warning_events(state, {self.name} | {pod for pod in unexplained if pod})
-        message = timeout_message(self.target, self.timeout, progress, report["nodes"], events)
+        message = timeout_message(
+            self.target, self.timeout, progress, report["nodes"], events, state.slots.parallel_nodes
+        )
         trouble = getattr(self.cluster, "trouble", "")
         if trouble:
             message += f"; the API server was failing: {trouble}"
@@ -867,7 +1180,8 @@ class RolloutWaiter:
         if state.daemonset is None:
             return {}
         expected = self._expected_nodes(state.daemonset) if with_expected_nodes else None
-        return build_report(state.daemonset, list(state.pods.values()), expected, state.nodes, state.seen_nodes)
+        pods = list(state.pods.values())
+        return build_report(state.daemonset, pods, expected, state.nodes, state.seen_nodes, state.slot_leases())
 
     def _expected_nodes(self, daemonset: dict[str, Any]) -> Optional[list[str]]:
         """Nodes that should run a pod, to name those that never got one (None when nodes may not be listed)."""

@@ -34,6 +34,21 @@ description:
     longer has (410 Gone, also as a watch event) makes it list again; a request that still fails after the retries
     (see the notes), or is refused (401, 403), fails the task at once, naming the DaemonSet, the request and the
     cause, with the partial report.
+  - >-
+    With a node-slot cap (the instance rendered with C(parallel_nodes) above 0, read from the C(--parallel-nodes)
+    and C(--canary) arguments of the DaemonSet's C(prefetch) init container), the module also lists and watches the
+    instance's Leases (label C(app.kubernetes.io/instance=<name>) in O(namespace)). A node whose agent runs
+    without holding a slot Lease C(<name>-slot-<i>) (or the canary Lease C(<name>-canary)) is reported V(waiting)
+    for a slot, one that holds one V(pulling). A node that released its slot after its agent started is done
+    pulling and only finishing (node label, metrics), so it stays V(pulling). Leases that may not be listed (403) or
+    watched leave the report without V(waiting) (running agents are V(pulling)), never failing the task.
+  - >-
+    With the cap on, once a node finished, the module estimates the waves the cap needs, C(ceil(nodes /
+    parallel_nodes)) (one more for the canary) times one wave, the median time a finished node pulled (its
+    summary's C(seconds) minus C(waited)), from the first agent's start; when that ends after O(timeout) it emits
+    one warning, for example C(timeout 600s is likely too short for 6 nodes at parallel_nodes=2: 3 waves of ~250s
+    each need ~750s; raise timeout or parallel_nodes), also printed at once as a progress line. On timeout the
+    message says how many nodes were still waiting for a node slot.
   - Read-only; never reports C(changed).
 author:
   - stackrox.prefetch contributors (@stackrox)
@@ -87,7 +102,8 @@ options:
       - >-
         While waiting, print one progress line for this host when something changed, at most one every this many
         seconds, and none during the first interval, for example C(prod-east: 7/20 nodes done, 11 pulling, 2 not
-        started; slowest: node-4 pulling for 2m05s). V(0) prints none.
+        started; slowest: node-4 pulling for 2m05s); with C(parallel_nodes), nodes waiting for a node slot are
+        counted apart (C(2 pulling, 9 waiting for a slot)). V(0) prints none.
       - Printed by the module's action plugin on the controller while the module runs there (a local connection, as
         with the role's default C(images_delegate_to=localhost)). When the module runs on another host, or with
         C(async), no progress line is printed; the result is the same.
@@ -138,12 +154,15 @@ nodes:
     status:
       description:
         - V(succeeded) every image is present; V(failed) some image is not (see RV(nodes[].errors));
-          V(pulling) the agent runs; V(pending) the init container waits (for example the agent's own image does not
+          V(pulling) the agent runs (with C(parallel_nodes), it holds a node slot or the canary Lease, or has
+          released its slot and is finishing); V(waiting) the agent runs and waits for a node slot (only with
+          C(parallel_nodes) and Leases the credentials may list); V(pending) the init container waits (for example
+          the agent's own image does not
           pull); V(not_started) no pod or not scheduled yet; V(unknown) the agent's summary is missing or unreadable;
           V(error) the agent cannot start (fatal start-up error or crash loop; RV(nodes[].message) says why);
           V(gone) the node was deleted during the rollout before its agent reported.
       type: str
-      choices: [succeeded, failed, pulling, pending, not_started, unknown, error, gone]
+      choices: [succeeded, failed, pulling, waiting, pending, not_started, unknown, error, gone]
     node_state:
       description:
         - The node itself, from its Node object. V(ready); V(not_ready) its Ready condition is not True (for
@@ -169,8 +188,16 @@ nodes:
       description: Size of the pulled images.
       type: int
     seconds:
-      description: Wall time of the agent's run.
+      description: Wall time of the agent's run (with C(parallel_nodes), the wait for a slot included).
       type: float
+    waited:
+      description: Seconds the agent waited for a node slot before pulling (C(0) when it got one at once).
+      type: float
+      returned: when the node is done and the instance runs with C(parallel_nodes)
+    canary:
+      description: V(true) on the canary node, which pulled alone first (C(canary=true)).
+      type: bool
+      returned: on the canary node, when it is done
     errors:
       description: Image to short reason, for the failed images.
       type: dict
@@ -341,7 +368,7 @@ def run(module: AnsibleModule) -> None:
     cluster = Cluster(build_api_client(params, os.environ), deadline=deadline)
     waiter = RolloutWaiter(cluster, params["name"], params["namespace"], float(params["timeout"]))
     if params["progress_file"] and params["progress_interval"] > 0:
-        waiter.on_progress = SnapshotWriter(params["progress_file"], waiter.report)
+        waiter.on_progress = SnapshotWriter(params["progress_file"], waiter.report, waiter.warnings)
     daemonset = waiter.existing_daemonset()
     if daemonset is None:
         if module.check_mode:
@@ -350,9 +377,13 @@ def run(module: AnsibleModule) -> None:
     try:
         state = waiter.wait(daemonset)
     except RolloutError as error:
+        for line in waiter.warnings:  # the waves estimate explains a timeout best
+            module.warn(line)
         if params["collect_metrics"] and error.result and not error.interrupted:
             add_metrics(module, waiter, error.result)
         raise
+    for line in waiter.warnings:
+        module.warn(line)
     result: dict[str, t.Any] = waiter.report(state)  # wait() returns only while the DaemonSet exists
     if params["collect_metrics"]:
         add_metrics(module, waiter, result)

@@ -51,6 +51,26 @@ def test_follow_prints_changes_rate_limited_while_the_module_runs(tmp_path: Path
     assert count == 2
 
 
+def test_follow_prints_a_warning_of_the_wait_at_once_and_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "p.json")
+    clock = FakeClock()
+    warning = "timeout 600s is likely too short for 6 nodes at parallel_nodes=2: 3 waves of ~250s each need ~750s"
+    waiting = {"nodes": 6, "counts": {"pulling": 2, "succeeded": 1, "waiting": 3}, "warnings": [warning]}
+    shown: list[tuple[float, str]] = []
+
+    def running(_poll: float) -> bool:
+        clock.now += 0.5
+        if clock.now == 2.0:
+            write_snapshot(path, waiting)
+        return clock.now < 12
+
+    plugin.follow(path, "c1", 10, running, lambda line: shown.append((clock.now, line)), clock, lambda: 0.0)
+    assert shown == [
+        (2.0, f"c1: warning: {warning}"),  # not held back by the throttle's first interval
+        (10.0, "c1: 1/6 nodes done (1 succeeded), 2 pulling, 3 waiting for a slot"),
+    ]
+
+
 def task(args: dict[str, Any], async_val: int = 0) -> mock.MagicMock:
     return mock.MagicMock(args=args, async_val=async_val, check_mode=False, action="stackrox.prefetch.rollout")
 

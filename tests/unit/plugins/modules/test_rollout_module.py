@@ -163,3 +163,25 @@ def test_a_progress_file_from_the_action_plugin_hooks_the_snapshot_writer(
     assert isinstance(waiter.on_progress, rollout.SnapshotWriter) is hooked
     if hooked:
         assert waiter.on_progress.path == "/p.json"
+
+
+WAVES = "timeout 600s is likely too short for 6 nodes at parallel_nodes=2: 3 waves of ~250s each need ~750s"
+
+
+@pytest.mark.parametrize("timed_out", [False, True], ids=["completed", "timed-out"])
+def test_the_waiters_waves_warning_is_a_module_warning(no_cluster: mock.MagicMock, timed_out: bool) -> None:
+    from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import RolloutError
+
+    report = {"nodes": [], "totals": {"nodes_failed": 0}, "daemonset": {}}
+    waiter = mock.MagicMock(warnings=[WAVES])
+    waiter.report.return_value = report
+    if timed_out:
+        waiter.wait.side_effect = RolloutError("timed out after 600s waiting for DaemonSet p/imgs", report)
+    no_cluster.side_effect = None
+    with module_args({"name": "imgs", "namespace": "p"}):
+        module = basic.AnsibleModule(argument_spec=rollout.argument_spec(), supports_check_mode=True)
+    expected: type[BaseException] = RolloutError if timed_out else AnsibleExitJson
+    with mock.patch.object(rollout, "Cluster"), mock.patch.object(rollout, "RolloutWaiter", return_value=waiter), \
+            mock.patch.object(module, "warn") as warn, pytest.raises(expected):
+        rollout.run(module)
+    assert [call.args[0] for call in warn.call_args_list] == [WAVES]
