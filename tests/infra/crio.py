@@ -13,16 +13,62 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
 from infra._util import ensure_dir, free_port
 from infra.containerd import overlay_supported
-from infra.runtime import RuntimeNode
+from infra.runtime import KubeletRuntime, RuntimeNode
 
 CONMON_BIN = "/usr/bin/conmon"  # Debian's conmon and runc, as the issue asks
 RUNC_BIN = "/usr/sbin/runc"
 _ACCEPT_ANY = {"default": [{"type": "insecureAcceptAnything"}]}
+
+
+# CRI-O has no counterpart of containerd's restrict_oom_score_adj: it asks runc for oom_score_adj -998 for a pod's
+# infra container and the kubelet's value (-997 for a Guaranteed pod) for the others, and this VM lacks the
+# CAP_SYS_RESOURCE that lowering it needs. Only CRI-O's rootless mode drops the setting (server/rootless_linux.go),
+# and that changes much more. So under a kubelet CRI-O runs runc through this wrapper, which clamps the spec's
+# oomScoreAdj to the runtime's own value, as containerd's option does, before it hands over to runc.
+_RUNC_WRAPPER = """#!{python} -S
+import json, os, sys
+
+args = sys.argv[1:]
+
+
+def option(names):
+    for i, arg in enumerate(args):
+        for name in names:
+            if arg == name and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def clamp(path, key):
+    with open(path) as f:
+        spec = json.load(f)
+    process = spec.get(key) if key else spec
+    if not isinstance(process, dict) or process.get("oomScoreAdj") is None:
+        return
+    with open("/proc/self/oom_score_adj") as f:
+        floor = int(f.read())
+    if process["oomScoreAdj"] < floor:
+        process["oomScoreAdj"] = floor
+        with open(path, "w") as f:
+            json.dump(spec, f)
+
+
+bundle = option(("--bundle", "-b"))
+if bundle is not None:
+    clamp(os.path.join(bundle, "config.json"), "process")
+process_file = option(("--process", "-p"))
+if process_file is not None:
+    clamp(process_file, None)
+os.execv({runc!r}, [{runc!r}, *args])
+"""
 
 
 def registries_conf(names: list[str]) -> str:
@@ -40,9 +86,12 @@ class CrioNode(RuntimeNode):
     socket_name = "crio.sock"
 
     def __init__(self, workdir: Path | str, binaries: Path, registries: Optional[dict[str, str]] = None,
-                 name: str = "crio") -> None:
+                 name: str = "crio", kubelet: Optional[KubeletRuntime] = None) -> None:
         super().__init__(workdir, name)
         self.binaries = binaries
+        self.kubelet = kubelet
+        if kubelet is not None:  # listens inside the node's mount namespace; reached through /proc/<pid>/root
+            self.socket = kubelet.socket
         self.storage_driver = "overlay" if overlay_supported(self.workdir) else "vfs"
         self._registries: dict[str, str] = {}
         # Where pulls go while no registry is mapped: a closed loopback port (never a DNS name off this machine).
@@ -73,6 +122,19 @@ class CrioNode(RuntimeNode):
         return {**env, "HTTP_PROXY": f"http://{self.proxy}", "HTTPS_PROXY": f"http://{self.proxy}",
                 "PATH": f"{self.binaries}:{env.get('PATH', '/usr/bin:/bin')}"}
 
+    def _own_session(self) -> bool:
+        # Under a kubelet, the harness stops it in order: a Ctrl-C must not reach it first.
+        return self.kubelet is not None
+
+    def _runc(self) -> str:
+        """Debian's runc; under a kubelet, behind the oom_score_adj wrapper (written next to the config)."""
+        if self.kubelet is None:
+            return RUNC_BIN
+        wrapper = self.workdir / "runc-oom-clamp"
+        wrapper.write_text(_RUNC_WRAPPER.format(python=sys.executable, runc=RUNC_BIN))
+        wrapper.chmod(0o755)
+        return str(wrapper)
+
     def _command(self) -> list[str]:
         w = self.workdir
         dirs = {name: ensure_dir(w / name) for name in (
@@ -82,24 +144,31 @@ class CrioNode(RuntimeNode):
         (w / "registries.conf").write_text(registries_conf(list(self._registries)))
         (w / "policy.json").write_text(json.dumps(_ACCEPT_ANY))
         state = dirs["state"]
+        launcher: list[str] = []
+        listen, cni_conf, cni_bin, pods = self.socket, dirs["cni"], dirs["cni"], []
+        if self.kubelet is not None:  # the node's socket path, its CNI network and the pause image its pods use
+            launcher, listen = list(self.kubelet.launcher), self.kubelet.listen_socket
+            cni_conf, cni_bin = self.kubelet.cni_conf_dir, self.kubelet.cni_bin_dir
+            pods = ["--pause-image", self.kubelet.sandbox_image]
         return [
-            str(self.binaries / "crio"),
+            *launcher, str(self.binaries / "crio"),
             "--config", str(w / "crio.conf"), "--config-dir", str(dirs["conf.d"]),
-            "--listen", str(self.socket), "--log-level", "info", "--log-dir", str(dirs["logs"]),
+            "--listen", str(listen), "--log-level", "info", "--log-dir", str(dirs["logs"]),
             "--root", str(dirs["storage"]), "--runroot", str(dirs["runroot"]), "--storage-driver", self.storage_driver,
             "--registries-conf", str(w / "registries.conf"), "--registries-conf-dir", str(dirs["conf.d"]),
             "--signature-policy", str(w / "policy.json"), "--global-auth-file", "",
             "--cgroup-manager", "cgroupfs", "--conmon", CONMON_BIN, "--conmon-cgroup", "pod",
-            "--default-runtime", "runc", "--runtimes", f"runc:{RUNC_BIN}:{state / 'runc'}",
+            "--default-runtime", "runc", "--runtimes", f"runc:{self._runc()}:{state / 'runc'}",
             "--pinns-path", str(self.binaries / "pinns"), "--namespaces-dir", str(dirs["namespaces"]),
             "--container-exits-dir", str(dirs["exits"]), "--container-attach-socket-dir", str(dirs["attach"]),
             "--version-file", str(state / "version"), "--version-file-persist", str(state / "version-persist"),
             "--clean-shutdown-file", str(state / "clean.shutdown"),
             "--hooks-dir", str(dirs["hooks"]), "--cdi-spec-dirs", str(dirs["cdi"]),
             "--decryption-keys-path", str(dirs["keys"]), "--big-files-temporary-dir", str(dirs["tmp"]),
-            "--cni-config-dir", str(dirs["cni"]), "--cni-plugin-dir", str(dirs["cni"]),
+            "--cni-config-dir", str(cni_conf), "--cni-plugin-dir", str(cni_bin),
             "--stream-address", "127.0.0.1", "--stream-port", "0",
             "--enable-nri=false", "--enable-metrics=false", "--selinux=false",
             "--irqbalance-config-file", "", "--irqbalance-config-restore-file", "disable",
             "--default-mounts-file", "",
+            *pods,
         ]
