@@ -34,7 +34,7 @@ class Scenario:
 
 SCENARIOS = {
     "crio": Scenario("crio", "crio", "/var/run/crio", "cri-o", "cri-o://1.34."),
-    "containerd2": Scenario("containerd2", "vanilla", "/var/run/containerd", "containerd", "containerd://v2."),
+    "containerd2": Scenario("containerd2", "vanilla", "/var/run/containerd", "containerd", "containerd://2."),
 }
 IMAGES = ("e2e/rt-a", "e2e/rt-b")
 MISSING = ref("e2e/rt-a", "missing")  # the repository exists, the tag does not
@@ -111,7 +111,7 @@ def test_missing_tag_fails_not_found_on_every_node(on_runtime: RuntimeCluster, c
     result = play(on_runtime, collections_path, workdir, name, [good, MISSING], images_not_found="fail")
     assert result.rc != 0, result.stdout[-4000:]
     # "image pulls failed on 2 of 2 node(s): <image>: not_found: <runtime's text> [node-1, node-2]"
-    groups = re.findall(re.escape(MISSING) + r": not_found: [^\[]*\[([^\]]*)\]", result.stdout)
+    groups = re.findall(re.escape(MISSING) + r": not_found: [^\[\n]*\[([^\]\n]*)\]", result.stdout)
     nodes = {n.strip() for group in groups for n in group.split(",")}
     assert nodes == set(cluster.node_names), result.stdout[-4000:]
     assert not cluster.image_present(cluster.node_names[0], MISSING)

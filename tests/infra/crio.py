@@ -26,12 +26,16 @@ RUNC_BIN = "/usr/sbin/runc"
 _ACCEPT_ANY = {"default": [{"type": "insecureAcceptAnything"}]}
 
 
-# CRI-O has no counterpart of containerd's restrict_oom_score_adj: it asks runc for oom_score_adj -998 for a pod's
-# infra container and the kubelet's value (-997 for a Guaranteed pod) for the others, and this VM lacks the
-# CAP_SYS_RESOURCE that lowering it needs. Only CRI-O's rootless mode drops the setting (server/rootless_linux.go),
-# and that changes much more. So under a kubelet CRI-O runs runc through this wrapper, which clamps the spec's
-# oomScoreAdj to the runtime's own value, as containerd's option does, before it hands over to runc.
-_RUNC_WRAPPER = """#!{python} -S
+# Under a kubelet, CRI-O runs runc through this wrapper, which makes two changes to a container's spec first:
+# - oom_score_adj: CRI-O has no counterpart of containerd's restrict_oom_score_adj. It asks runc for -998 for a
+#   pod's infra container and the kubelet's value for the others (-997 for a Guaranteed pod), and this VM lacks the
+#   CAP_SYS_RESOURCE that lowering it needs; only CRI-O's rootless mode drops the setting (server/rootless_linux.go),
+#   and that changes much more. The wrapper clamps the value to its own, as containerd's option does.
+# - hugetlb: CRI-O adds the kubelet's hugepage limits when /proc/cgroups lists the controller; here the kernel has
+#   it but no hugetlb hierarchy is mounted (cgroup v1), and runc fails every container with "cannot set hugetlb
+#   limit: container could not join or create cgroup". The wrapper drops the limits where the hierarchy is missing,
+#   as CRI-O itself does on a kernel without the controller.
+_RUNC_WRAPPER = """#!@PYTHON@ -S
 import json, os, sys
 
 args = sys.argv[1:]
@@ -47,27 +51,52 @@ def option(names):
     return None
 
 
-def clamp(path, key):
-    with open(path) as f:
-        spec = json.load(f)
-    process = spec.get(key) if key else spec
+def hugetlb_mounted():
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return True  # cgroup v2: a controller of the one hierarchy
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.partition(" - ")[2].split()
+            if len(fields) >= 3 and fields[0] == "cgroup" and "hugetlb" in fields[2].split(","):
+                return True
+    return False
+
+
+def clamp_oom_score_adj(process):
     if not isinstance(process, dict) or process.get("oomScoreAdj") is None:
-        return
+        return False
     with open("/proc/self/oom_score_adj") as f:
         floor = int(f.read())
-    if process["oomScoreAdj"] < floor:
-        process["oomScoreAdj"] = floor
+    if process["oomScoreAdj"] >= floor:
+        return False
+    process["oomScoreAdj"] = floor
+    return True
+
+
+def edit(path, change):
+    with open(path) as f:
+        spec = json.load(f)
+    if change(spec):
         with open(path, "w") as f:
             json.dump(spec, f)
 
 
+def fix_bundle(spec):
+    changed = clamp_oom_score_adj(spec.get("process"))
+    resources = (spec.get("linux") or {}).get("resources") or {}
+    if resources.get("hugepageLimits") and not hugetlb_mounted():
+        del resources["hugepageLimits"]
+        changed = True
+    return changed
+
+
 bundle = option(("--bundle", "-b"))
 if bundle is not None:
-    clamp(os.path.join(bundle, "config.json"), "process")
+    edit(os.path.join(bundle, "config.json"), fix_bundle)
 process_file = option(("--process", "-p"))
 if process_file is not None:
-    clamp(process_file, None)
-os.execv({runc!r}, [{runc!r}, *args])
+    edit(process_file, clamp_oom_score_adj)
+os.execv(@RUNC@, [@RUNC@, *args])
 """
 
 
@@ -127,11 +156,11 @@ class CrioNode(RuntimeNode):
         return self.kubelet is not None
 
     def _runc(self) -> str:
-        """Debian's runc; under a kubelet, behind the oom_score_adj wrapper (written next to the config)."""
+        """Debian's runc; under a kubelet, behind ``_RUNC_WRAPPER`` (written next to the config)."""
         if self.kubelet is None:
             return RUNC_BIN
-        wrapper = self.workdir / "runc-oom-clamp"
-        wrapper.write_text(_RUNC_WRAPPER.format(python=sys.executable, runc=RUNC_BIN))
+        wrapper = self.workdir / "runc-wrapper"
+        wrapper.write_text(_RUNC_WRAPPER.replace("@PYTHON@", sys.executable).replace("@RUNC@", repr(RUNC_BIN)))
         wrapper.chmod(0o755)
         return str(wrapper)
 
