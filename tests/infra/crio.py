@@ -26,15 +26,11 @@ RUNC_BIN = "/usr/sbin/runc"
 _ACCEPT_ANY = {"default": [{"type": "insecureAcceptAnything"}]}
 
 
-# Under a kubelet, CRI-O runs runc through this wrapper, which makes two changes to a container's spec first:
-# - oom_score_adj: CRI-O has no counterpart of containerd's restrict_oom_score_adj. It asks runc for -998 for a
-#   pod's infra container and the kubelet's value for the others (-997 for a Guaranteed pod), and this VM lacks the
-#   CAP_SYS_RESOURCE that lowering it needs; only CRI-O's rootless mode drops the setting (server/rootless_linux.go),
-#   and that changes much more. The wrapper clamps the value to its own, as containerd's option does.
-# - hugetlb: CRI-O adds the kubelet's hugepage limits when /proc/cgroups lists the controller; here the kernel has
-#   it but no hugetlb hierarchy is mounted (cgroup v1), and runc fails every container with "cannot set hugetlb
-#   limit: container could not join or create cgroup". The wrapper drops the limits where the hierarchy is missing,
-#   as CRI-O itself does on a kernel without the controller.
+# Under a kubelet, CRI-O runs runc through this wrapper, which edits a container's spec first. CRI-O adds the
+# kubelet's hugepage limits when /proc/cgroups lists the hugetlb controller (internal/config/node/cgroups_linux.go);
+# this kernel has it, but no hugetlb hierarchy is mounted (cgroup v1), and runc failed every container with "cannot
+# set hugetlb limit: container could not join or create cgroup". The wrapper drops the limits where the hierarchy
+# is missing, as CRI-O itself does on a kernel without the controller (and containerd does here).
 _RUNC_WRAPPER = """#!@PYTHON@ -S
 import json, os, sys
 
@@ -62,17 +58,6 @@ def hugetlb_mounted():
     return False
 
 
-def clamp_oom_score_adj(process):
-    if not isinstance(process, dict) or process.get("oomScoreAdj") is None:
-        return False
-    with open("/proc/self/oom_score_adj") as f:
-        floor = int(f.read())
-    if process["oomScoreAdj"] >= floor:
-        return False
-    process["oomScoreAdj"] = floor
-    return True
-
-
 def edit(path, change):
     with open(path) as f:
         spec = json.load(f)
@@ -81,21 +66,17 @@ def edit(path, change):
             json.dump(spec, f)
 
 
-def fix_bundle(spec):
-    changed = clamp_oom_score_adj(spec.get("process"))
+def drop_hugepage_limits(spec):
     resources = (spec.get("linux") or {}).get("resources") or {}
-    if resources.get("hugepageLimits") and not hugetlb_mounted():
-        del resources["hugepageLimits"]
-        changed = True
-    return changed
+    if not resources.get("hugepageLimits") or hugetlb_mounted():
+        return False
+    del resources["hugepageLimits"]
+    return True
 
 
 bundle = option(("--bundle", "-b"))
 if bundle is not None:
-    edit(os.path.join(bundle, "config.json"), fix_bundle)
-process_file = option(("--process", "-p"))
-if process_file is not None:
-    edit(process_file, clamp_oom_score_adj)
+    edit(os.path.join(bundle, "config.json"), drop_hugepage_limits)
 os.execv(@RUNC@, [@RUNC@, *args])
 """
 
