@@ -6,12 +6,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from infra._util import ensure_dir
-from infra.runtime import RuntimeNode
+from infra.runtime import KubeletRuntime, RuntimeNode
 
 CONTAINERD_BIN = "/usr/bin/containerd"
 CTR_BIN = "/usr/bin/ctr"
@@ -50,21 +49,10 @@ def hosts_toml(upstream: str) -> str:
     return f'server = "{url}"\n\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
 
 
-@dataclass(frozen=True)
-class KubeletRuntime:
-    """What a real kubelet on top needs (tests/kube): pods that run, a CNI network, and a socket at the node's path.
-
-    ``launcher`` runs containerd inside the node's network and mount namespaces (``nsenter ...``); there it listens
-    on ``listen_socket`` (e.g. /run/containerd/containerd.sock, as on a real node), reached from the host through
-    ``access_root`` (``/proc/<pid>/root`` of a process in that mount namespace).
-    """
-
-    launcher: tuple[str, ...]
-    listen_socket: Path
-    access_root: Path
-    sandbox_image: str
-    cni_conf_dir: Path
-    cni_bin_dir: Path = Path("/usr/lib/cni")
+# What a kubelet's pods need of containerd's CRI (1.6: the cri plugin; 2.x: its runtime plugin). restrict_oom_score_adj:
+# this VM lacks CAP_SYS_RESOURCE, and runc fails every sandbox without it ("failed to update /proc/self/oom_score_adj:
+# Permission denied"). Pod network namespaces are mounted under the state dir, so nothing is left in /run/netns.
+KUBELET_RUNTIME_OPTIONS = "  restrict_oom_score_adj = true\n  netns_mounts_under_state_dir = true\n"
 
 
 class ContainerdNode(RuntimeNode):
@@ -82,8 +70,6 @@ class ContainerdNode(RuntimeNode):
         snapshotter: Optional[str] = None, kubelet: Optional[KubeletRuntime] = None,
         binaries: Optional[Path] = None,
     ) -> None:
-        if binaries is not None and kubelet is not None:
-            raise ValueError("a kubelet on containerd 2.x is not wired yet (tests/kube runs Debian's 1.6)")
         self.binaries = binaries
         if binaries is not None:
             self.runtime = "containerd2"
@@ -93,7 +79,7 @@ class ContainerdNode(RuntimeNode):
         self.snapshotter = snapshotter or ("overlayfs" if overlay_supported(self.workdir) else "native")
         self.kubelet = kubelet
         if kubelet is not None:  # listens inside the node's mount namespace; reached through /proc/<pid>/root
-            self.socket = kubelet.access_root / kubelet.listen_socket.relative_to("/")
+            self.socket = kubelet.socket
         for registry_name, upstream in (registries or {}).items():
             self.set_registry(registry_name, upstream)
 
@@ -143,18 +129,10 @@ class ContainerdNode(RuntimeNode):
         if self.binaries is not None:
             self.config_path.write_text(self._config_v3())
             return
-        root = ensure_dir(self.workdir / "root")
-        state = ensure_dir(self.workdir / "state")
-        opt = ensure_dir(self.workdir / "opt")
-        cni = ensure_dir(self.workdir / "cni")
-        cni_bin, cni_conf, listen, cri_extra = cni, cni, self.socket, ""
+        root, state, opt, listen, cni_bin, cni_conf = self._paths()
+        cri_extra = ""
         if self.kubelet is not None:
-            cni_bin, cni_conf, listen = self.kubelet.cni_bin_dir, self.kubelet.cni_conf_dir, self.kubelet.listen_socket
-            # restrict_oom_score_adj: this VM lacks CAP_SYS_RESOURCE, and runc fails every sandbox without it
-            # ("failed to update /proc/self/oom_score_adj: Permission denied"). Pod network namespaces are
-            # mounted under the state dir, so nothing is left in /run/netns.
-            cri_extra = (f'  sandbox_image = "{self.kubelet.sandbox_image}"\n  restrict_oom_score_adj = true\n'
-                         '  netns_mounts_under_state_dir = true\n')
+            cri_extra = f'  sandbox_image = "{self.kubelet.sandbox_image}"\n{KUBELET_RUNTIME_OPTIONS}'
         self.config_path.write_text(f"""version = 2
 root = "{root}"
 state = "{state}"
@@ -188,21 +166,34 @@ state = "{state}"
     config_path = "{self.hosts_dir}"
 """)
 
-    def _config_v3(self) -> str:
-        """containerd 2.x's own config format (version 3: the CRI plugin split into images and runtime)."""
+    def _paths(self) -> tuple[Path, Path, Path, Path, Path, Path]:
+        """root, state, opt, the socket containerd listens on, CNI bin dir, CNI conf dir."""
         root = ensure_dir(self.workdir / "root")
         state = ensure_dir(self.workdir / "state")
         opt = ensure_dir(self.workdir / "opt")
-        cni = ensure_dir(self.workdir / "cni")
+        if self.kubelet is None:
+            cni = ensure_dir(self.workdir / "cni")
+            return root, state, opt, self.socket, cni, cni
+        return root, state, opt, self.kubelet.listen_socket, self.kubelet.cni_bin_dir, self.kubelet.cni_conf_dir
+
+    def _config_v3(self) -> str:
+        """containerd 2.x's own config format (version 3: the CRI plugin split into images and runtime; the
+        sandbox image is a pinned image of the images plugin, the pod options belong to the runtime plugin)."""
+        root, state, opt, listen, cni_bin, cni_conf = self._paths()
+        images_extra = runtime_extra = ""
+        if self.kubelet is not None:
+            images_extra = (f'  [plugins."io.containerd.cri.v1.images".pinned_images]\n'
+                            f'    sandbox = "{self.kubelet.sandbox_image}"\n')
+            runtime_extra = KUBELET_RUNTIME_OPTIONS
         return f"""version = 3
 root = "{root}"
 state = "{state}"
 
 [grpc]
-  address = "{self.socket}"
+  address = "{listen}"
 
 [ttrpc]
-  address = "{self.socket}.ttrpc"
+  address = "{listen}.ttrpc"
 
 [debug]
   address = ""
@@ -223,11 +214,11 @@ state = "{state}"
   snapshotter = "{self.snapshotter}"
   [plugins."io.containerd.cri.v1.images".registry]
     config_path = "{self.hosts_dir}"
-
+{images_extra}
 [plugins."io.containerd.cri.v1.runtime"]
-  [plugins."io.containerd.cri.v1.runtime".cni]
-    bin_dirs = ["{cni}"]
-    conf_dir = "{cni}"
+{runtime_extra}  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{cni_bin}"]
+    conf_dir = "{cni_conf}"
 """
 
     def remove_image(self, ref: str) -> None:

@@ -45,6 +45,11 @@ class CriClient:
         response: Any = self.runtime.Version(cri_pb2.VersionRequest(version="v1"), timeout=timeout_s)
         return str(response.runtime_api_version)
 
+    def runtime_name(self, timeout_s: float = 5) -> str:
+        """What the runtime calls itself ("containerd", "cri-o")."""
+        response: Any = self.runtime.Version(cri_pb2.VersionRequest(version="v1"), timeout=timeout_s)
+        return str(response.runtime_name)
+
     def image_status(self, ref: str, timeout_s: float = 10) -> Optional[ImageInfo]:
         response: Any = self.images.ImageStatus(
             cri_pb2.ImageStatusRequest(image=cri_pb2.ImageSpec(image=ref)), timeout=timeout_s

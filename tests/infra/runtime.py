@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Optional, Self
@@ -48,6 +49,28 @@ def built_binaries(runtime: str) -> Path:
             raise RuntimeError(f"tests/runtimes/build.sh {runtime} failed (exit {done.returncode}); see its stderr")
         _built[runtime] = Path(done.stdout.strip().splitlines()[-1])
     return _built[runtime]
+
+
+@dataclass(frozen=True)
+class KubeletRuntime:
+    """What a real kubelet on top needs (tests/kube): pods that run, a CNI network, and a socket at the node's path.
+
+    ``launcher`` runs the runtime inside the node's network and mount namespaces (``nsenter ...``); there it listens
+    on ``listen_socket`` (e.g. /run/containerd/containerd.sock or /run/crio/crio.sock, as on a real node), reached
+    from the host through ``access_root`` (``/proc/<pid>/root`` of a process in that mount namespace).
+    """
+
+    launcher: tuple[str, ...]
+    listen_socket: Path
+    access_root: Path
+    sandbox_image: str
+    cni_conf_dir: Path
+    cni_bin_dir: Path = Path("/usr/lib/cni")
+
+    @property
+    def socket(self) -> Path:
+        """The listening socket as the host reaches it."""
+        return self.access_root / self.listen_socket.relative_to("/")
 
 
 class RuntimeNode(ABC):
@@ -182,15 +205,17 @@ class RuntimeNode(ABC):
 
 
 def make_node(runtime: str, workdir: Path | str, registries: Optional[dict[str, str]] = None,
-              name: Optional[str] = None) -> RuntimeNode:
-    """A node of ``runtime`` (one of RUNTIMES), not started yet (``with make_node(...) as node`` starts it)."""
+              name: Optional[str] = None, kubelet: Optional[KubeletRuntime] = None) -> RuntimeNode:
+    """A node of ``runtime`` (one of RUNTIMES), not started yet (``with make_node(...) as node`` starts it);
+    ``kubelet``: run it for a real kubelet on top (tests/kube)."""
     if runtime in ("containerd", "containerd2"):
         from infra.containerd import ContainerdNode
 
-        return ContainerdNode(workdir, registries=registries, name=name or runtime,
+        return ContainerdNode(workdir, registries=registries, name=name or runtime, kubelet=kubelet,
                               binaries=built_binaries(runtime) if runtime == "containerd2" else None)
     if runtime == "crio":
         from infra.crio import CrioNode
 
-        return CrioNode(workdir, registries=registries, name=name or runtime, binaries=built_binaries("crio"))
+        return CrioNode(workdir, registries=registries, name=name or runtime, binaries=built_binaries("crio"),
+                        kubelet=kubelet)
     raise ValueError(f"unknown runtime {runtime!r}; one of {', '.join(RUNTIMES)}")

@@ -1,4 +1,4 @@
-"""``python -m kube up --dir DIR [--nodes N] [--registry-upstream HOST:PORT] [--name NAME]``.
+"""``python -m kube up --dir DIR [--nodes N] [--registry-upstream HOST:PORT] [--name NAME] [--runtime RUNTIME]``.
 
 Writes DIR/kubeconfig, DIR/kubeconfig-viewer and DIR/cluster.json, prints ``ready``, and runs until SIGTERM/SIGINT,
 then stops everything it started. Logs go to DIR/kube.log.
@@ -15,7 +15,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Optional
 
-from kube.cluster import KubeCluster
+from infra.runtime import RUNTIMES
+from kube.cluster import RUNTIME_ENV, KubeCluster
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -26,6 +27,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--registry-upstream", default=None, help="HOST:PORT of a running registry (else one is started)")
     up.add_argument("--name", default="kube")
+    up.add_argument("--runtime", choices=RUNTIMES, default=None,
+                    help=f"the nodes' container runtime (default: ${RUNTIME_ENV}, else containerd)")
     args = parser.parse_args(argv)
 
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -38,7 +41,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    cluster = KubeCluster(args.dir, nodes=args.nodes, registry_upstream=args.registry_upstream, name=args.name)
+    cluster = KubeCluster(args.dir, nodes=args.nodes, registry_upstream=args.registry_upstream, name=args.name,
+                          runtime=args.runtime)
     try:
         cluster.start()
         if done.is_set():

@@ -11,10 +11,12 @@ all built from their Go modules by tests/kube/build.sh (cached). Layout (docs/DE
   node's pods get a real bridge network (Debian's CNI plugins, ``bridge`` + ``host-local``) in that namespace.
 - The API server listens on 443 in the namespace, at ``API_IP`` and at the ClusterIP of the ``kubernetes`` Service,
   so in-cluster clients (the agent's node-label PATCH) reach it without kube-proxy.
-- Each node has its own mount namespace (a holder process): a private /run (its containerd socket at
-  /run/containerd/containerd.sock, hard-linked at /run/crio/crio.sock and /run/k3s/containerd/containerd.sock for
-  the other flavors) and a private /var/log, so hostPath volumes resolve as on a real node and nothing is written
-  to the host's /run or /var/log.
+- Each node runs the cluster's ``runtime`` (``KubeCluster(runtime=...)`` or ``PREFETCH_E2E_RUNTIME``; default
+  Debian's containerd 1.6, or ``containerd2``, ``crio`` as tests/runtimes/build.sh builds them) under its kubelet.
+- Each node has its own mount namespace (a holder process): a private /run (the runtime's socket where a real
+  node has it: containerd's at /run/containerd/containerd.sock, hard-linked at /run/crio/crio.sock and
+  /run/k3s/containerd/containerd.sock for the other flavors; CRI-O's at /run/crio/crio.sock only) and a private
+  /var/log, so hostPath volumes resolve as on a real node and nothing is written to the host's /run or /var/log.
 - The registry and the per-node fault proxies stay on the host's loopback; ``kube.netns``'s forwarder joins them,
   and makes the API server reachable from the host at ``127.0.0.1:<port>``.
 
@@ -40,10 +42,10 @@ from typing import Any, Optional, cast
 import yaml
 
 from infra._util import ensure_dir, free_port, log_tail, stop_process, wait_until
-from infra.containerd import ContainerdNode, KubeletRuntime
 from infra.faultproxy import FaultProxy
 from infra.images import build_files_image, push_image
 from infra.registry import Registry
+from infra.runtime import RUNTIMES, KubeletRuntime, RuntimeNode, built_binaries, make_node
 from kube import netns
 from kube.client import ApiClient, ApiError
 from kube.pki import Pki, kubeconfig
@@ -65,8 +67,15 @@ SERVICE_IP = "10.96.0.1"    # ClusterIP of default/kubernetes: the first address
 API_PORT = 443
 MIRROR_BASE_PORT = 5001
 CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
-SOCKET_LINKS = ("run/crio/crio.sock", "run/k3s/containerd/containerd.sock")
-NODE_SOCKET = Path("/run/containerd/containerd.sock")
+RUNTIME_ENV = "PREFETCH_E2E_RUNTIME"  # the nodes' runtime when KubeCluster is not given one
+CONTAINERD_SOCKET = Path("/run/containerd/containerd.sock")
+# Where each runtime listens on a node (the flavors' paths, plugins/module_utils/_settings.py), and where else its
+# socket is hard-linked: a containerd node also serves the crio/ocp and k3s flavors' paths (the default cluster runs
+# every flavor's test); a CRI-O node has its own socket only, as a real one.
+NODE_SOCKETS = {"containerd": CONTAINERD_SOCKET, "containerd2": CONTAINERD_SOCKET,
+                "crio": Path("/run/crio/crio.sock")}
+SOCKET_LINKS = {"containerd": ("run/crio/crio.sock", "run/k3s/containerd/containerd.sock"),
+                "containerd2": ("run/crio/crio.sock", "run/k3s/containerd/containerd.sock"), "crio": ()}
 
 
 def node_ip(index: int) -> str:
@@ -124,6 +133,15 @@ def kube_version() -> str:
     return os.environ.get("KUBE_VERSION", "v1.34.4")
 
 
+def node_runtime(given: Optional[str]) -> str:
+    """The nodes' runtime: ``given``, else $PREFETCH_E2E_RUNTIME, else Debian's containerd 1.6."""
+    runtime = given or os.environ.get(RUNTIME_ENV) or "containerd"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown node runtime {runtime!r} (from {'the argument' if given else RUNTIME_ENV}); "
+                         f"one of {', '.join(RUNTIMES)}")
+    return runtime
+
+
 @dataclass
 class Proc:
     name: str
@@ -132,7 +150,8 @@ class Proc:
 
 
 class KubeNode:
-    """One node: a mount-namespace holder, containerd in it, a kubelet in it, and a registry fault proxy."""
+    """One node: a mount-namespace holder, the container runtime in it, a kubelet in it, and a registry fault
+    proxy."""
 
     def __init__(self, cluster: KubeCluster, index: int) -> None:
         self.cluster = cluster
@@ -143,7 +162,8 @@ class KubeNode:
         self.proxy = FaultProxy(upstream=cluster.registry_host)
         self.mirror_port = MIRROR_BASE_PORT + index
         self.holder: Optional[subprocess.Popen[bytes]] = None
-        self.containerd: Optional[ContainerdNode] = None
+        self.runtime: Optional[RuntimeNode] = None
+        self.socket_path = NODE_SOCKETS[cluster.runtime]
         self.kubelet: Optional[Proc] = None
         self.cgroup_root = f"/prefetch-{cluster.netns_name}-{index}"
         # The kubelet's root dir holds unix sockets (pod-resources, plugin registration): a deep test directory
@@ -188,27 +208,27 @@ class KubeNode:
         (conf_dir / "10-bridge.conflist").write_text(json.dumps(conflist, indent=2))
         return conf_dir
 
-    def start_containerd(self) -> None:
-        runtime = KubeletRuntime(launcher=tuple(self.enter()), listen_socket=NODE_SOCKET,
+    def start_runtime(self) -> None:
+        kubelet = KubeletRuntime(launcher=tuple(self.enter()), listen_socket=self.socket_path,
                                  access_root=self.access_root, sandbox_image=PAUSE_IMAGE,
                                  cni_conf_dir=self.write_cni_config())
-        self.containerd = ContainerdNode(self.dir, registries={TEST_REGISTRY: f"{MIRROR_IP}:{self.mirror_port}"},
-                                         kubelet=runtime)
-        self.containerd.start()
+        self.runtime = make_node(self.cluster.runtime, self.dir, kubelet=kubelet,
+                                 registries={TEST_REGISTRY: f"{MIRROR_IP}:{self.mirror_port}"})
+        self.runtime.start()
         self.link_sockets()
 
     def link_sockets(self) -> None:
-        """The other flavors' socket paths as hard links of containerd's (redone after a containerd restart)."""
-        assert self.containerd is not None
-        for relative in SOCKET_LINKS:
+        """The other flavors' socket paths as hard links of the runtime's (redone after a runtime restart)."""
+        assert self.runtime is not None
+        for relative in SOCKET_LINKS[self.cluster.runtime]:
             link = self.access_root / relative
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()
-            os.link(self.containerd.socket, link)
+            os.link(self.runtime.socket, link)
 
-    def restart_containerd(self) -> None:
-        assert self.containerd is not None
-        self.containerd.restart()
+    def restart_runtime(self) -> None:
+        assert self.runtime is not None
+        self.runtime.restart()
         self.link_sockets()
 
     def make_cgroups(self) -> None:
@@ -231,7 +251,7 @@ class KubeNode:
                                "x509": {"clientCAFile": str(pki.ca_path)}},
             "authorization": {"mode": "Webhook"},
             "cgroupDriver": "cgroupfs", "cgroupRoot": self.cgroup_root, "cgroupsPerQOS": True,
-            "containerRuntimeEndpoint": f"unix://{NODE_SOCKET}",
+            "containerRuntimeEndpoint": f"unix://{self.socket_path}",
             "failSwapOn": False, "clusterDomain": "cluster.local", "clusterDNS": [DNS_IP],
             # Pods get the cluster's DNS only, not this machine's resolvers and search domains.
             "resolvConf": str(self.cluster.empty_resolv_conf),
@@ -269,14 +289,14 @@ class KubeNode:
             self.kubelet = None
 
     def stop(self) -> None:
-        """Kubelet, then the pods' processes (by cgroup), containerd, whatever else runs in the node's mount
-        namespace (the runc shims), the holder; then the cgroups. The node's mounts go with its namespace."""
+        """Kubelet, then the pods' processes (by cgroup), the runtime, whatever else runs in the node's mount
+        namespace (runc shims, conmon), the holder; then the cgroups. The node's mounts go with its namespace."""
         self.stop_kubelet()
         remove_cgroups(self.cgroup_root)
-        if self.containerd is not None:
+        if self.runtime is not None:
             with contextlib.suppress(Exception):
-                self.containerd.close()
-            self.containerd = None
+                self.runtime.close()
+            self.runtime = None
         if self.mount_ns:
             kill_mount_namespace(self.mount_ns)
         if self.holder is not None:
@@ -287,10 +307,10 @@ class KubeNode:
         shutil.rmtree(self.kubelet_root, ignore_errors=True)
 
     def to_json(self) -> dict[str, Any]:
-        assert self.containerd is not None
-        return {"name": self.name, "ip": self.ip, "socket": str(self.containerd.socket),
-                "address": self.containerd.address, "proxy": self.proxy.host,
-                "proxy_control_url": self.proxy.control_url, "containerd_dir": str(self.containerd.workdir),
+        assert self.runtime is not None
+        return {"name": self.name, "ip": self.ip, "runtime": self.cluster.runtime, "socket": str(self.runtime.socket),
+                "node_socket": str(self.socket_path), "address": self.runtime.address, "proxy": self.proxy.host,
+                "proxy_control_url": self.proxy.control_url, "runtime_dir": str(self.runtime.workdir),
                 "kubelet_log": str(self.dir / "kubelet.log"), "control_plane": self.control_plane,
                 "holder_pid": self.holder.pid if self.holder else None}
 
@@ -335,7 +355,8 @@ def remove_cgroups(cgroup_root: str) -> None:
 
 class KubeCluster:
     def __init__(self, directory: Path | str, nodes: int = 3, name: str = "kube",
-                 registry_upstream: Optional[str] = None, spare_nodes: int = 0) -> None:
+                 registry_upstream: Optional[str] = None, spare_nodes: int = 0, runtime: Optional[str] = None) -> None:
+        self.runtime = node_runtime(runtime)
         self.dir = Path(directory).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -399,6 +420,8 @@ class KubeCluster:
     def _start(self) -> None:
         started = time.monotonic()
         self.bin_dir = build_binaries()
+        if self.runtime != "containerd":  # built once, cached; a cold build takes minutes and says so
+            built_binaries(self.runtime)
         ensure_inotify_limits()
         total = self.node_count + self.spare_count
         addresses = [API_IP, MIRROR_IP, DNS_IP, SERVICE_IP, *(node_ip(i) for i in range(1, total + 1))]
@@ -420,13 +443,13 @@ class KubeCluster:
         self._label_nodes(self.nodes)
         self._wait_default_service_account()
         self._write_info()
-        log.info("cluster %s ready in %.0fs", self.name, time.monotonic() - started)
+        log.info("cluster %s (%s nodes) ready in %.0fs", self.name, self.runtime, time.monotonic() - started)
 
     @staticmethod
     def _start_node(node: KubeNode) -> None:
         node.start_holder()
         node.make_cgroups()
-        node.start_containerd()
+        node.start_runtime()
         node.start_kubelet()
 
     def add_node(self) -> KubeNode:
@@ -685,7 +708,8 @@ class KubeCluster:
     def _write_info(self) -> None:
         assert self.pki is not None
         self.info = {
-            "name": self.name, "kind": "kubernetes", "version": kube_version(), "api_url": self.api_url,
+            "name": self.name, "kind": "kubernetes", "version": kube_version(), "runtime": self.runtime,
+            "api_url": self.api_url,
             "ca_path": str(self.pki.ca_path), "kubeconfig": str(self.kubeconfig),
             "kubeconfig_viewer": str(self.kubeconfig_viewer), "audit_log": str(self.audit_log),
             "bin_dir": str(self.bin_dir), "netns": self.netns_name,
