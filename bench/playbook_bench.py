@@ -1,0 +1,218 @@
+"""Playbook figures for ``make bench``: the role against the seed's own kubectl flow, on the real local cluster.
+
+One run starts a real 3-node cluster (tests/kube), pushes a few small images and pre-loads them on every node (a
+warm-up instance), then measures, interleaved round by round so the machine's noise hits every flow alike:
+
+- ``playbook``: ``ansible-playbook stackrox.prefetch.prefetch`` (the installed tarball) for a fresh instance whose
+  images are already on the nodes (progress on: the role's default);
+- ``kubectl``: the seed's flow for the same manifest (rendered by the role with ``images_state=rendered``, not
+  timed): ``kubectl apply -f`` (the Namespace first in the same file) then ``kubectl rollout status``;
+- ``noop``: the playbook again on the warm-up instance, which is already done;
+- ``ansible_floor``: ``ansible-playbook`` of a play with one debug task (Ansible's own start-up).
+
+Prints medians, the ratios (playbook/kubectl, no-op/floor), the admin's API requests per flow (from the API
+server's audit log) and one JSON line. ``--profile`` also prints each task's median time (a callback in
+bench/callback_plugins). Everything it starts is stopped at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from e2e.support import Cluster, role_vars, write_inventory  # noqa: E402
+from infra.images import push_test_image  # noqa: E402
+from kube.cluster import KubeCluster  # noqa: E402
+
+VENV_BIN = REPO / ".venv" / "bin"
+CALLBACKS = Path(__file__).resolve().parent / "callback_plugins"
+REGISTRY = "registry.test:5000"
+IMAGES = [("bench/app0", "v1", 1.0, 2), ("bench/app1", "v1", 1.0, 2), ("bench/app2", "v1", 0.5, 1)]
+FLOOR_PLAY = [{"name": "Floor", "hosts": "clusters", "gather_facts": False,
+               "tasks": [{"name": "Say hello", "ansible.builtin.debug": {"msg": "hello"}}]}]
+ADMIN_USER = "kubernetes-admin"
+
+
+def log(message: str) -> None:
+    print(f"playbook-bench: {message}", file=sys.stderr, flush=True)
+
+
+def install_collection(work: Path) -> Path:
+    """The collection tarball of this checkout, installed as a user installs it."""
+    tree = subprocess.run(["bash", str(REPO / "scripts" / "build-tree.sh")], capture_output=True, text=True,
+                          check=True, env={**os.environ, "BUILD_ROOT": str(work / "tree")}).stdout.strip()
+    subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "build", tree, "--output-path",
+                    str(work / "dist")], check=True, capture_output=True)
+    tarball = next((work / "dist").glob("stackrox-prefetch-*.tar.gz"))
+    subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "install", "--offline", str(tarball), "-p",
+                    str(work / "collections")], check=True, capture_output=True)
+    return work / "collections"
+
+
+def ensure_agent_image() -> None:
+    """scripts/lib-cluster.sh's ensure_agent_image: builds the agent image only when its sources changed."""
+    script = f'top={REPO}; log() {{ echo "$*" >&2; }}; . {REPO}/scripts/lib-cluster.sh; ensure_agent_image'
+    subprocess.run(["bash", "-c", script], check=True, stdout=sys.stderr)
+
+
+class Bench:
+    """The runs of one bench on one cluster; ``timings`` holds each flow's wall times, ``requests`` its API calls."""
+
+    def __init__(self, cluster: Cluster, collections: Path, work: Path, profile: bool) -> None:
+        self.cluster, self.collections, self.work, self.profile = cluster, collections, work, profile
+        self.images = [f"{REGISTRY}/{repo}:{tag}" for repo, tag, _size, _layers in IMAGES]
+        self.timings: dict[str, list[float]] = {"playbook": [], "kubectl": [], "noop": [], "ansible_floor": []}
+        self.requests: dict[str, list[int]] = {"playbook": [], "kubectl": [], "noop": []}
+        self.tasks: dict[str, list[float]] = {}
+        self.env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(collections), "ANSIBLE_NOCOLOR": "1",
+                    "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
+                    "ANSIBLE_HOST_KEY_CHECKING": "False"}
+        self.env.pop("K8S_AUTH_KUBECONFIG", None)
+        (work / "floor.yml").write_text(json.dumps(FLOOR_PLAY))
+
+    def _inventory(self, name: str, **extra: Any) -> Path:
+        values = role_vars(self.cluster, name, self.images, **extra)
+        return write_inventory(self.work / f"inventory-{name}.yml", {"bench": values})
+
+    def _ansible(self, label: str, inventory: Path, play: str) -> float:
+        env = dict(self.env)
+        times_file = self.work / f"tasks-{label}.json"
+        if self.profile:
+            env.update({"ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS), "ANSIBLE_CALLBACKS_ENABLED": "task_clock",
+                        "BENCH_TASK_TIMES": str(times_file)})
+        started = time.monotonic()
+        proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), play], cwd=self.work,
+                              env=env, capture_output=True, text=True, timeout=600, check=False)
+        elapsed = time.monotonic() - started
+        (self.work / f"{label}.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{label}: ansible-playbook exited {proc.returncode}:\n{proc.stdout[-4000:]}")
+        if self.profile and times_file.exists():
+            for task, seconds in json.loads(times_file.read_text()):
+                self.tasks.setdefault(f"{label.split('-')[0]}: {task}", []).append(seconds)
+        return elapsed
+
+    def _kubectl(self, *args: str, stdin: str | None = None) -> None:
+        proc = self.cluster.kubectl(*args, stdin=stdin, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+
+    def _admin_requests_since(self, seq: int) -> int:
+        return len(self.cluster.requests_since(seq))
+
+    def warm_up(self) -> None:
+        """The warm-up instance pulls the images onto every node; the no-op rounds re-run it."""
+        log("warm-up: the playbook pulls the images onto every node")
+        self._ansible("warmup", self._inventory("bench-warm"), "stackrox.prefetch.prefetch")
+
+    def render(self, name: str) -> str:
+        """The manifest the role applies, as YAML (images_state=rendered), with its Namespace first."""
+        dest = self.work / f"{name}.yaml"
+        self._ansible(f"render-{name}", self._inventory(name, images_state="rendered", images_dest=str(dest)),
+                      "stackrox.prefetch.prefetch")
+        namespace = json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        return f"{namespace}\n---\n{dest.read_text()}"
+
+    def round(self, number: int) -> None:
+        fresh, seeded = f"bench-pb{number}", f"bench-kc{number}"
+        manifest = self.render(seeded)
+        inventory = self._inventory(fresh)
+        seq = self.cluster.request_seq()
+        self.timings["playbook"].append(self._ansible(f"playbook-{number}", inventory, "stackrox.prefetch.prefetch"))
+        self.requests["playbook"].append(self._admin_requests_since(seq))
+
+        seq = self.cluster.request_seq()
+        started = time.monotonic()
+        self._kubectl("apply", "-f", "-", stdin=manifest)
+        self._kubectl("-n", seeded, "rollout", "status", f"daemonset/{seeded}", "--timeout=300s")
+        self.timings["kubectl"].append(time.monotonic() - started)
+        self.requests["kubectl"].append(self._admin_requests_since(seq))
+
+        seq = self.cluster.request_seq()
+        noop = self._ansible(f"noop-{number}", self._inventory("bench-warm"), "stackrox.prefetch.prefetch")
+        self.timings["noop"].append(noop)
+        self.requests["noop"].append(self._admin_requests_since(seq))
+
+        floor = self._ansible(f"floor-{number}", self._inventory("bench-warm"), str(self.work / "floor.yml"))
+        self.timings["ansible_floor"].append(floor)
+        log(f"round {number}: playbook {self.timings['playbook'][-1]:.2f}s, kubectl {self.timings['kubectl'][-1]:.2f}s,"
+            f" no-op {noop:.2f}s, ansible floor {floor:.2f}s")
+
+    def summary(self) -> dict[str, Any]:
+        med = {flow: round(statistics.median(values), 3) for flow, values in self.timings.items()}
+        return {
+            "bench": "playbook", "rounds": len(self.timings["playbook"]), "median_s": med,
+            "runs_s": {flow: [round(v, 3) for v in values] for flow, values in self.timings.items()},
+            "playbook_over_kubectl": round(med["playbook"] / med["kubectl"], 2),
+            "noop_s": med["noop"], "noop_over_ansible_floor": round(med["noop"] / med["ansible_floor"], 2),
+            "admin_api_requests_median": {flow: statistics.median(v) for flow, v in self.requests.items()},
+        }
+
+
+@contextmanager
+def bench_cluster(work: Path) -> Iterator[Cluster]:
+    with KubeCluster(work / "cluster", nodes=3, name="bench") as kube:
+        for repo, tag, size, layers in IMAGES:
+            push_test_image(kube.info["registry"]["upstream"], repo, tag, size_mib=size, layers=layers, seed=repo)
+        yield Cluster(work / "cluster")
+
+
+def print_summary(summary: dict[str, Any], tasks: dict[str, list[float]]) -> None:
+    med = summary["median_s"]
+    print(f"playbook (fresh instance, images on the nodes): {med['playbook']:.2f}s median")
+    print(f"kubectl apply -f + rollout status:             {med['kubectl']:.2f}s median")
+    print(f"no-op re-run:                                   {med['noop']:.2f}s median")
+    print(f"ansible-playbook with one debug task:           {med['ansible_floor']:.2f}s median")
+    print(f"playbook/kubectl: {summary['playbook_over_kubectl']:.2f}x (target <= 2)   no-op: {med['noop']:.2f}s "
+          f"(target <= 3), {summary['noop_over_ansible_floor']:.2f}x the Ansible floor")
+    print(f"admin API requests (median): {summary['admin_api_requests_median']}")
+    if tasks:
+        print("per task, median seconds (--profile):")
+        for task, values in sorted(tasks.items(), key=lambda item: -statistics.median(item[1])):
+            print(f"  {statistics.median(values):6.2f}  {task}")
+    print(json.dumps(summary, sort_keys=True))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="also time every task (bench/callback_plugins)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) after the run")
+    args = parser.parse_args()
+    ensure_agent_image()
+    work = Path(tempfile.mkdtemp(prefix="playbook-bench-"))
+    ok = False
+    try:
+        collections = install_collection(work)
+        log(f"starting a 3-node cluster in {work / 'cluster'}")
+        with bench_cluster(work) as cluster:
+            bench = Bench(cluster, collections, work, args.profile)
+            bench.warm_up()
+            for number in range(1, args.rounds + 1):
+                bench.round(number)
+            print_summary(bench.summary(), bench.tasks)
+        ok = True
+    finally:
+        if ok and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"logs kept in {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
