@@ -10,6 +10,9 @@ warm-up instance), then measures, interleaved round by round so the machine's no
 - ``noop``: the playbook again on the warm-up instance, which is already done;
 - ``ansible_floor``: ``ansible-playbook`` of a play with one debug task (Ansible's own start-up).
 
+``--baseline REF`` (e.g. ``--baseline main``) also measures the collection of that git revision (its own tarball
+from ``git archive``) for the same flows in the same rounds: before/after figures from one run.
+
 Prints medians, the ratios (playbook/kubectl, no-op/floor), the admin's API requests per flow (from the API
 server's audit log) and one JSON line. ``--profile`` also prints each task's median time (a callback in
 bench/callback_plugins). Everything it starts is stopped at the end, also on failure.
@@ -51,9 +54,9 @@ def log(message: str) -> None:
     print(f"playbook-bench: {message}", file=sys.stderr, flush=True)
 
 
-def install_collection(work: Path) -> Path:
-    """The collection tarball of this checkout, installed as a user installs it."""
-    tree = subprocess.run(["bash", str(REPO / "scripts" / "build-tree.sh")], capture_output=True, text=True,
+def install_collection(work: Path, source: Path = REPO) -> Path:
+    """The collection tarball of the checkout at ``source``, installed as a user installs it."""
+    tree = subprocess.run(["bash", str(source / "scripts" / "build-tree.sh")], capture_output=True, text=True,
                           check=True, env={**os.environ, "BUILD_ROOT": str(work / "tree")}).stdout.strip()
     subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "build", tree, "--output-path",
                     str(work / "dist")], check=True, capture_output=True)
@@ -61,6 +64,16 @@ def install_collection(work: Path) -> Path:
     subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "install", "--offline", str(tarball), "-p",
                     str(work / "collections")], check=True, capture_output=True)
     return work / "collections"
+
+
+def install_revision(work: Path, revision: str) -> Path:
+    """The collection of git revision ``revision`` of this repository (git archive), installed under ``work``."""
+    source = work / "source"
+    source.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", revision], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    return install_collection(work, source)
 
 
 def ensure_agent_image() -> None:
@@ -72,13 +85,18 @@ def ensure_agent_image() -> None:
 class Bench:
     """The runs of one bench on one cluster; ``timings`` holds each flow's wall times, ``requests`` its API calls."""
 
-    def __init__(self, cluster: Cluster, collections: Path, work: Path, profile: bool) -> None:
-        self.cluster, self.collections, self.work, self.profile = cluster, collections, work, profile
+    def __init__(self, cluster: Cluster, variants: dict[str, Path], work: Path, profile: bool) -> None:
+        """``variants``: suffix of the flow names ("" for this checkout, "@REF" for a baseline) -> collections."""
+        self.cluster, self.variants, self.work, self.profile = cluster, variants, work, profile
         self.images = [f"{REGISTRY}/{repo}:{tag}" for repo, tag, _size, _layers in IMAGES]
-        self.timings: dict[str, list[float]] = {"playbook": [], "kubectl": [], "noop": [], "ansible_floor": []}
-        self.requests: dict[str, list[int]] = {"playbook": [], "kubectl": [], "noop": []}
+        self.timings: dict[str, list[float]] = {"kubectl": [], "ansible_floor": []}
+        self.requests: dict[str, list[int]] = {"kubectl": []}
+        for suffix in variants:
+            for flow in ("playbook", "noop"):
+                self.timings[flow + suffix] = []
+                self.requests[flow + suffix] = []
         self.tasks: dict[str, list[float]] = {}
-        self.env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(collections), "ANSIBLE_NOCOLOR": "1",
+        self.env = {**os.environ, "ANSIBLE_NOCOLOR": "1",
                     "ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
                     "ANSIBLE_HOST_KEY_CHECKING": "False"}
         self.env.pop("K8S_AUTH_KUBECONFIG", None)
@@ -88,8 +106,8 @@ class Bench:
         values = role_vars(self.cluster, name, self.images, **extra)
         return write_inventory(self.work / f"inventory-{name}.yml", {"bench": values})
 
-    def _ansible(self, label: str, inventory: Path, play: str) -> float:
-        env = dict(self.env)
+    def _ansible(self, label: str, inventory: Path, play: str, suffix: str = "") -> float:
+        env = {**self.env, "ANSIBLE_COLLECTIONS_PATH": str(self.variants[suffix])}
         times_file = self.work / f"tasks-{label}.json"
         if self.profile:
             env.update({"ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS), "ANSIBLE_CALLBACKS_ENABLED": "task_clock",
@@ -103,7 +121,7 @@ class Bench:
             raise RuntimeError(f"{label}: ansible-playbook exited {proc.returncode}:\n{proc.stdout[-4000:]}")
         if self.profile and times_file.exists():
             for task, seconds in json.loads(times_file.read_text()):
-                self.tasks.setdefault(f"{label.split('-')[0]}: {task}", []).append(seconds)
+                self.tasks.setdefault(f"{label.split('-')[0]}{suffix}: {task}", []).append(seconds)
         return elapsed
 
     def _kubectl(self, *args: str, stdin: str | None = None) -> None:
@@ -114,10 +132,17 @@ class Bench:
     def _admin_requests_since(self, seq: int) -> int:
         return len(self.cluster.requests_since(seq))
 
+    @staticmethod
+    def _warm_name(suffix: str) -> str:
+        return "bench-warm" + ("-base" if suffix else "")
+
     def warm_up(self) -> None:
-        """The warm-up instance pulls the images onto every node; the no-op rounds re-run it."""
-        log("warm-up: the playbook pulls the images onto every node")
-        self._ansible("warmup", self._inventory("bench-warm"), "stackrox.prefetch.prefetch")
+        """Each variant's warm-up instance (the first pulls the images onto every node); the no-op rounds re-run
+        them."""
+        for suffix in self.variants:
+            log(f"warm-up{suffix}: the playbook applies {self._warm_name(suffix)}")
+            self._ansible(f"warmup{suffix}", self._inventory(self._warm_name(suffix)), "stackrox.prefetch.prefetch",
+                          suffix)
 
     def render(self, name: str) -> str:
         """The manifest the role applies, as YAML (images_state=rendered), with its Namespace first."""
@@ -127,40 +152,50 @@ class Bench:
         namespace = json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
         return f"{namespace}\n---\n{dest.read_text()}"
 
-    def round(self, number: int) -> None:
-        fresh, seeded = f"bench-pb{number}", f"bench-kc{number}"
-        manifest = self.render(seeded)
-        inventory = self._inventory(fresh)
+    def _timed_playbook(self, flow: str, name: str, number: int, suffix: str) -> float:
         seq = self.cluster.request_seq()
-        self.timings["playbook"].append(self._ansible(f"playbook-{number}", inventory, "stackrox.prefetch.prefetch"))
-        self.requests["playbook"].append(self._admin_requests_since(seq))
+        elapsed = self._ansible(f"{flow}-{number}", self._inventory(name), "stackrox.prefetch.prefetch", suffix)
+        self.timings[flow + suffix].append(elapsed)
+        self.requests[flow + suffix].append(self._admin_requests_since(seq))
+        return elapsed
 
+    def _timed_kubectl(self, name: str, manifest: str) -> float:
         seq = self.cluster.request_seq()
         started = time.monotonic()
         self._kubectl("apply", "-f", "-", stdin=manifest)
-        self._kubectl("-n", seeded, "rollout", "status", f"daemonset/{seeded}", "--timeout=300s")
-        self.timings["kubectl"].append(time.monotonic() - started)
+        self._kubectl("-n", name, "rollout", "status", f"daemonset/{name}", "--timeout=300s")
+        elapsed = time.monotonic() - started
+        self.timings["kubectl"].append(elapsed)
         self.requests["kubectl"].append(self._admin_requests_since(seq))
+        return elapsed
 
-        seq = self.cluster.request_seq()
-        noop = self._ansible(f"noop-{number}", self._inventory("bench-warm"), "stackrox.prefetch.prefetch")
-        self.timings["noop"].append(noop)
-        self.requests["noop"].append(self._admin_requests_since(seq))
-
+    def round(self, number: int) -> None:
+        seeded = f"bench-kc{number}"
+        manifest = self.render(seeded)
+        figures = []
+        for suffix in self.variants:
+            fresh = f"bench-pb{number}" + ("-base" if suffix else "")
+            figures.append(f"playbook{suffix} {self._timed_playbook('playbook', fresh, number, suffix):.2f}s")
+        figures.append(f"kubectl {self._timed_kubectl(seeded, manifest):.2f}s")
+        for suffix in self.variants:
+            noop = self._timed_playbook("noop", self._warm_name(suffix), number, suffix)
+            figures.append(f"no-op{suffix} {noop:.2f}s")
         floor = self._ansible(f"floor-{number}", self._inventory("bench-warm"), str(self.work / "floor.yml"))
         self.timings["ansible_floor"].append(floor)
-        log(f"round {number}: playbook {self.timings['playbook'][-1]:.2f}s, kubectl {self.timings['kubectl'][-1]:.2f}s,"
-            f" no-op {noop:.2f}s, ansible floor {floor:.2f}s")
+        log(f"round {number}: {', '.join(figures)}, ansible floor {floor:.2f}s")
 
     def summary(self) -> dict[str, Any]:
         med = {flow: round(statistics.median(values), 3) for flow, values in self.timings.items()}
-        return {
-            "bench": "playbook", "rounds": len(self.timings["playbook"]), "median_s": med,
+        summary: dict[str, Any] = {
+            "bench": "playbook", "rounds": len(self.timings["kubectl"]), "median_s": med,
             "runs_s": {flow: [round(v, 3) for v in values] for flow, values in self.timings.items()},
-            "playbook_over_kubectl": round(med["playbook"] / med["kubectl"], 2),
-            "noop_s": med["noop"], "noop_over_ansible_floor": round(med["noop"] / med["ansible_floor"], 2),
             "admin_api_requests_median": {flow: statistics.median(v) for flow, v in self.requests.items()},
         }
+        for suffix in self.variants:
+            summary["playbook_over_kubectl" + suffix] = round(med["playbook" + suffix] / med["kubectl"], 2)
+            summary["noop_s" + suffix] = med["noop" + suffix]
+            summary["noop_over_ansible_floor" + suffix] = round(med["noop" + suffix] / med["ansible_floor"], 2)
+        return summary
 
 
 @contextmanager
@@ -171,14 +206,17 @@ def bench_cluster(work: Path) -> Iterator[Cluster]:
         yield Cluster(work / "cluster")
 
 
-def print_summary(summary: dict[str, Any], tasks: dict[str, list[float]]) -> None:
+def print_summary(summary: dict[str, Any], suffixes: list[str], tasks: dict[str, list[float]]) -> None:
     med = summary["median_s"]
-    print(f"playbook (fresh instance, images on the nodes): {med['playbook']:.2f}s median")
-    print(f"kubectl apply -f + rollout status:             {med['kubectl']:.2f}s median")
-    print(f"no-op re-run:                                   {med['noop']:.2f}s median")
-    print(f"ansible-playbook with one debug task:           {med['ansible_floor']:.2f}s median")
-    print(f"playbook/kubectl: {summary['playbook_over_kubectl']:.2f}x (target <= 2)   no-op: {med['noop']:.2f}s "
-          f"(target <= 3), {summary['noop_over_ansible_floor']:.2f}x the Ansible floor")
+    for suffix in suffixes:
+        print(f"playbook{suffix} (fresh instance, images on the nodes): {med['playbook' + suffix]:.2f}s median")
+        print(f"no-op re-run{suffix}: {med['noop' + suffix]:.2f}s median")
+    print(f"kubectl apply -f + rollout status: {med['kubectl']:.2f}s median")
+    print(f"ansible-playbook with one debug task: {med['ansible_floor']:.2f}s median")
+    for suffix in suffixes:
+        print(f"playbook/kubectl{suffix}: {summary['playbook_over_kubectl' + suffix]:.2f}x (target <= 2)   "
+              f"no-op{suffix}: {summary['noop_s' + suffix]:.2f}s (target <= 3), "
+              f"{summary['noop_over_ansible_floor' + suffix]:.2f}x the Ansible floor")
     print(f"admin API requests (median): {summary['admin_api_requests_median']}")
     if tasks:
         print("per task, median seconds (--profile):")
@@ -192,19 +230,22 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="also time every task (bench/callback_plugins)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) after the run")
+    parser.add_argument("--baseline", metavar="REF", help="also measure the collection of this git revision")
     args = parser.parse_args()
     ensure_agent_image()
     work = Path(tempfile.mkdtemp(prefix="playbook-bench-"))
     ok = False
     try:
-        collections = install_collection(work)
+        variants = {"": install_collection(work / "this")}
+        if args.baseline:
+            variants[f"@{args.baseline}"] = install_revision(work / "baseline", args.baseline)
         log(f"starting a 3-node cluster in {work / 'cluster'}")
         with bench_cluster(work) as cluster:
-            bench = Bench(cluster, collections, work, args.profile)
+            bench = Bench(cluster, variants, work, args.profile)
             bench.warm_up()
             for number in range(1, args.rounds + 1):
                 bench.round(number)
-            print_summary(bench.summary(), bench.tasks)
+            print_summary(bench.summary(), list(variants), bench.tasks)
         ok = True
     finally:
         if ok and not args.keep:

@@ -755,7 +755,9 @@ class RolloutWaiter:
         deadline = self.clock() + self.timeout
         state = WatchState(self.name, daemonset)
         events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
-        watchers = self._start_watchers(daemonset, events)
+        watchers = self._start_watchers(daemonset, events, state)
+        if not watchers:
+            return state  # complete already: nothing to watch (a no-op re-run)
         try:
             while True:
                 progress = self._evaluate(state)
@@ -775,7 +777,27 @@ class RolloutWaiter:
             for watcher in watchers:
                 watcher.stopped.set()
 
-    def _start_watchers(self, daemonset: dict[str, Any], events: queue.Queue[tuple[str, str, Any]]) -> list[_ListWatch]:
+    def _start_watchers(
+        self, daemonset: dict[str, Any], events: queue.Queue[tuple[str, str, Any]], state: WatchState
+    ) -> list[_ListWatch]:
+        """The list + watch threads; none when the DaemonSet is complete already (its pods and Nodes are then listed
+        here, into ``state``, and the watches would only cost their set-up)."""
+        versions: dict[str, Optional[str]] = {"pods": None, "nodes": None}
+        if daemonset_progress(daemonset).done:
+            try:
+                pods, versions["pods"] = self.cluster.list_objects(
+                    self.cluster.resource_for("v1", "Pod"), self.namespace, pod_selector(daemonset)
+                )
+                state.sync("pods", pods)
+                try:
+                    nodes, versions["nodes"] = self.cluster.list_objects(self.cluster.resource_for("v1", "Node"))
+                    state.sync("nodes", nodes)
+                except (ForbiddenError, NotFoundError):  # as the optional Nodes watcher: a report without them
+                    state.nodes, state.nodes_settled = None, True
+            except PrefetchError as error:
+                raise RolloutError(f"while waiting for {self.target}: {error}", self.report(state)) from None
+            if self._evaluate(state).done:
+                return []
         slice_seconds = max(1, min(self.watch_slice, int(self.timeout) + 1))
         watchers = [
             # No field selector: list/watch the namespace's DaemonSets and pick ours by name.
@@ -811,6 +833,9 @@ class RolloutWaiter:
             ),
         ]
         for watcher in watchers:
+            # What was listed above is in ``state``: its watch goes on from that list (the Nodes' only when they
+            # could be listed; denied, their watcher finds that out again).
+            watcher.version = versions.get(watcher.kind) or None
             watcher.start()
         return watchers
 
