@@ -10,8 +10,9 @@ warm-up instance), then measures, interleaved round by round so the machine's no
 - ``noop``: the playbook again on the warm-up instance, which is already done;
 - ``ansible_floor``: ``ansible-playbook`` of a play with one debug task (Ansible's own start-up).
 
-``--baseline REF`` (e.g. ``--baseline main``) also measures the collection of that git revision (its own tarball
-from ``git archive``) for the same flows in the same rounds: before/after figures from one run.
+Variants, measured in the same rounds: ``--pipelining`` (this checkout with ANSIBLE_PIPELINING=True) and
+``--baseline REF`` (e.g. ``--baseline main``: the collection of that git revision, its own tarball from
+``git archive``), for before/after figures from one run.
 
 Prints medians, the ratios (playbook/kubectl, no-op/floor), the admin's API requests per flow (from the API
 server's audit log) and one JSON line. ``--profile`` also prints each task's median time (a callback in
@@ -31,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +84,19 @@ def ensure_agent_image() -> None:
     subprocess.run(["bash", "-c", script], check=True, stdout=sys.stderr)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A collection to measure and the environment it runs with."""
+
+    collections: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+
 class Bench:
     """The runs of one bench on one cluster; ``timings`` holds each flow's wall times, ``requests`` its API calls."""
 
-    def __init__(self, cluster: Cluster, variants: dict[str, Path], work: Path, profile: bool) -> None:
-        """``variants``: suffix of the flow names ("" for this checkout, "@REF" for a baseline) -> collections."""
+    def __init__(self, cluster: Cluster, variants: dict[str, Variant], work: Path, profile: bool) -> None:
+        """``variants``: suffix of the flow names ("" for this checkout, "@REF" for a baseline) -> what runs."""
         self.cluster, self.variants, self.work, self.profile = cluster, variants, work, profile
         self.images = [f"{REGISTRY}/{repo}:{tag}" for repo, tag, _size, _layers in IMAGES]
         self.timings: dict[str, list[float]] = {"kubectl": [], "ansible_floor": []}
@@ -107,7 +117,8 @@ class Bench:
         return write_inventory(self.work / f"inventory-{name}.yml", {"bench": values})
 
     def _ansible(self, label: str, inventory: Path, play: str, suffix: str = "") -> float:
-        env = {**self.env, "ANSIBLE_COLLECTIONS_PATH": str(self.variants[suffix])}
+        variant = self.variants[suffix]
+        env = {**self.env, "ANSIBLE_COLLECTIONS_PATH": str(variant.collections), **variant.env}
         times_file = self.work / f"tasks-{label}.json"
         if self.profile:
             env.update({"ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS), "ANSIBLE_CALLBACKS_ENABLED": "task_clock",
@@ -121,7 +132,7 @@ class Bench:
             raise RuntimeError(f"{label}: ansible-playbook exited {proc.returncode}:\n{proc.stdout[-4000:]}")
         if self.profile and times_file.exists():
             for task, seconds in json.loads(times_file.read_text()):
-                self.tasks.setdefault(f"{label.split('-')[0]}{suffix}: {task}", []).append(seconds)
+                self.tasks.setdefault(f"{label.split('-')[0]}: {task}", []).append(seconds)
         return elapsed
 
     def _kubectl(self, *args: str, stdin: str | None = None) -> None:
@@ -132,9 +143,8 @@ class Bench:
     def _admin_requests_since(self, seq: int) -> int:
         return len(self.cluster.requests_since(seq))
 
-    @staticmethod
-    def _warm_name(suffix: str) -> str:
-        return "bench-warm" + ("-base" if suffix else "")
+    def _warm_name(self, suffix: str) -> str:
+        return "bench-warm" + (f"-v{list(self.variants).index(suffix)}" if suffix else "")
 
     def warm_up(self) -> None:
         """Each variant's warm-up instance (the first pulls the images onto every node); the no-op rounds re-run
@@ -154,7 +164,8 @@ class Bench:
 
     def _timed_playbook(self, flow: str, name: str, number: int, suffix: str) -> float:
         seq = self.cluster.request_seq()
-        elapsed = self._ansible(f"{flow}-{number}", self._inventory(name), "stackrox.prefetch.prefetch", suffix)
+        elapsed = self._ansible(f"{flow}{suffix}-{number}", self._inventory(name), "stackrox.prefetch.prefetch",
+                                suffix)
         self.timings[flow + suffix].append(elapsed)
         self.requests[flow + suffix].append(self._admin_requests_since(seq))
         return elapsed
@@ -174,7 +185,7 @@ class Bench:
         manifest = self.render(seeded)
         figures = []
         for suffix in self.variants:
-            fresh = f"bench-pb{number}" + ("-base" if suffix else "")
+            fresh = f"bench-pb{number}" + (f"-v{list(self.variants).index(suffix)}" if suffix else "")
             figures.append(f"playbook{suffix} {self._timed_playbook('playbook', fresh, number, suffix):.2f}s")
         figures.append(f"kubectl {self._timed_kubectl(seeded, manifest):.2f}s")
         for suffix in self.variants:
@@ -231,14 +242,18 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="also time every task (bench/callback_plugins)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) after the run")
     parser.add_argument("--baseline", metavar="REF", help="also measure the collection of this git revision")
+    parser.add_argument("--pipelining", action="store_true",
+                        help="also measure this checkout with ANSIBLE_PIPELINING=True (flows suffixed +pipelining)")
     args = parser.parse_args()
     ensure_agent_image()
     work = Path(tempfile.mkdtemp(prefix="playbook-bench-"))
     ok = False
     try:
-        variants = {"": install_collection(work / "this")}
+        variants = {"": Variant(install_collection(work / "this"))}
+        if args.pipelining:
+            variants["+pipelining"] = Variant(variants[""].collections, {"ANSIBLE_PIPELINING": "True"})
         if args.baseline:
-            variants[f"@{args.baseline}"] = install_revision(work / "baseline", args.baseline)
+            variants[f"@{args.baseline}"] = Variant(install_revision(work / "baseline", args.baseline))
         log(f"starting a 3-node cluster in {work / 'cluster'}")
         with bench_cluster(work) as cluster:
             bench = Bench(cluster, variants, work, args.profile)
