@@ -34,12 +34,33 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import (
 
 try:
     import urllib3
-    from kubernetes.client.rest import ApiException
-    from kubernetes.dynamic import DynamicClient
 except ImportError:  # reported by the modules through _auth.HAS_KUBERNETES
+    HAS_URLLIB3 = False
+else:
+    HAS_URLLIB3 = True
 
-    class ApiException(Exception):  # type: ignore[no-redef]
-        """Never raised: stands in so the except clauses stay valid without the kubernetes client."""
+# The kubernetes client is imported with the first request, not with this file: the controller imports this file too
+# (the rollout action plugin -> _progress -> _rollout), where nothing talks to a cluster, and importing the client
+# costs about half a second of CPU there (docs/performance.md).
+_CLIENT_CLASSES: dict[str, Any] = {}
+
+
+def _client_classes() -> tuple[Any, Any]:
+    """(ApiException, DynamicClient) of the kubernetes client, imported once."""
+    if not _CLIENT_CLASSES:
+        from kubernetes.client.rest import ApiException
+        from kubernetes.dynamic import DynamicClient
+
+        _CLIENT_CLASSES.update(ApiException=ApiException, DynamicClient=DynamicClient)
+    return _CLIENT_CLASSES["ApiException"], _CLIENT_CLASSES["DynamicClient"]
+
+
+def __getattr__(name: str) -> Any:
+    """``_cluster.ApiException`` / ``_cluster.DynamicClient`` as before the import became lazy (tests patch them)."""
+    if name in ("ApiException", "DynamicClient"):
+        api_exception, dynamic_client = _client_classes()
+        return api_exception if name == "ApiException" else dynamic_client
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 FIELD_MANAGER = "stackrox.prefetch"
@@ -409,6 +430,7 @@ class Cluster:
     def _call(self, method: str, path: str, verb: str, target: str, body: Any = None, **params: Any) -> Any:
         """One request with retries; the final failure as a typed error (WatchExpiredError for a 410 watch)."""
         default_timeout = params.pop("_request_timeout", _REQUEST_TIMEOUT)
+        api_exception, dynamic_client = _client_classes()
         started = self.clock()
         attempt = 0
         while True:
@@ -417,10 +439,10 @@ class Cluster:
             api_error: Any = None
             transport_error: Optional[BaseException] = None
             try:
-                result = DynamicClient.request(self._requester, method, path, body=body, **params)
+                result = dynamic_client.request(self._requester, method, path, body=body, **params)
                 self.reached, self.trouble = True, ""
                 return result
-            except ApiException as error:
+            except api_exception as error:
                 api_error = error
             except (urllib3.exceptions.HTTPError, OSError) as error:
                 transport_error = error

@@ -1031,7 +1031,9 @@ class RolloutWaiter:
         wall_deadline = self.wall() + self.timeout
         state = WatchState(self.name, daemonset)
         events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
-        watchers = self._start_watchers(daemonset, node_slots(daemonset), events)
+        watchers = self._start_watchers(daemonset, node_slots(daemonset), events, state)
+        if not watchers:
+            return state  # complete already: nothing to watch (a no-op re-run)
         try:
             while True:
                 progress = self._evaluate(state)
@@ -1053,8 +1055,30 @@ class RolloutWaiter:
                 watcher.stopped.set()
 
     def _start_watchers(
-        self, daemonset: dict[str, Any], slots: NodeSlots, events: queue.Queue[tuple[str, str, Any]]
+        self,
+        daemonset: dict[str, Any],
+        slots: NodeSlots,
+        events: queue.Queue[tuple[str, str, Any]],
+        state: WatchState,
     ) -> list[_ListWatch]:
+        """The list + watch threads; none when the DaemonSet is complete already (its pods and Nodes are then listed
+        here, into ``state``, and the watches would only cost their set-up)."""
+        versions: dict[str, Optional[str]] = {"pods": None, "nodes": None}
+        if daemonset_progress(daemonset).done:
+            try:
+                pods, versions["pods"] = self.cluster.list_objects(
+                    self.cluster.resource_for("v1", "Pod"), self.namespace, pod_selector(daemonset)
+                )
+                state.sync("pods", pods)
+                try:
+                    nodes, versions["nodes"] = self.cluster.list_objects(self.cluster.resource_for("v1", "Node"))
+                    state.sync("nodes", nodes)
+                except (ForbiddenError, NotFoundError):  # as the optional Nodes watcher: a report without them
+                    state.nodes, state.nodes_settled = None, True
+            except PrefetchError as error:
+                raise RolloutError(f"while waiting for {self.target}: {error}", self.report(state)) from None
+            if self._evaluate(state).done:
+                return []
         slice_seconds = max(1, min(self.watch_slice, int(self.timeout) + 1))
         watchers = [
             # No field selector: list/watch the namespace's DaemonSets and pick ours by name.
@@ -1098,6 +1122,9 @@ class RolloutWaiter:
                 _ListWatch(self.cluster, leases, self.namespace, selector, "leases", events, slice_seconds, True)
             )
         for watcher in watchers:
+            # What was listed above is in ``state``: its watch goes on from that list (the Nodes' only when they
+            # could be listed; denied, their watcher finds that out again).
+            watcher.version = versions.get(watcher.kind) or None
             watcher.start()
         return watchers
 

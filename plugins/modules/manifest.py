@@ -128,24 +128,16 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.text.converters import to_bytes, to_native
 
-from ansible_collections.stackrox.prefetch.plugins.module_utils._errors import PrefetchError
-from ansible_collections.stackrox.prefetch.plugins.module_utils._imagelist import reference_warning
-from ansible_collections.stackrox.prefetch.plugins.module_utils._render import (
-    HAS_YAML,
-    config_hash,
-    render,
-    to_yaml,
+from ansible_collections.stackrox.prefetch.plugins.module_utils._manifest import (
+    ManifestError,
+    manifest_argument_spec,
+    manifest_result,
 )
-from ansible_collections.stackrox.prefetch.plugins.module_utils._settings import (
-    SETTINGS_ARGUMENT_SPEC,
-    validate_settings,
-)
+from ansible_collections.stackrox.prefetch.plugins.module_utils._render import HAS_YAML
 
 
 def argument_spec() -> dict[str, dict[str, t.Any]]:
-    spec = dict(SETTINGS_ARGUMENT_SPEC)
-    spec["dest"] = {"type": "path"}
-    return spec
+    return manifest_argument_spec()
 
 
 def read_existing(path: str) -> t.Optional[str]:
@@ -199,24 +191,14 @@ def main() -> None:
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
     if not HAS_YAML:
         module.fail_json(msg=missing_required_lib("PyYAML"))
-    settings_params = {option: module.params[option] for option in SETTINGS_ARGUMENT_SPEC}
     try:
-        settings = validate_settings(settings_params)
-    except PrefetchError as error:
-        module.fail_json(msg=f"prefetch instance {module.params['name']!r}: {error}")
-    warning = reference_warning(settings.images)
-    if warning:
-        module.warn(f"prefetch instance {settings.name!r}: {warning}")
-    objects = render(settings)
-    content = to_yaml(objects)
-    result: dict[str, t.Any] = {
-        "changed": False,
-        "objects": objects,
-        "yaml": content,
-        "checksum": config_hash(settings),
-    }
+        result, warnings = manifest_result(module.params)
+    except ManifestError as error:
+        module.fail_json(msg=str(error))
+    for warning in warnings:
+        module.warn(warning)
     if module.params["dest"]:
-        write_dest(module, module.params["dest"], content, result)
+        write_dest(module, module.params["dest"], result["yaml"], result)
     module.exit_json(**result)
 
 
