@@ -97,7 +97,9 @@ def test_a_wait_that_outlasts_the_overall_timeout_fails_the_images_with_the_reas
     code, summary, fake = run_fetch(tmp_path, api, "--overall-timeout=2s", during=keep_renewing)
     assert code == 0 and fake.calls == []
     assert (summary["failed"], summary["complete"]) == (1, False)
-    assert 2.0 <= summary["waited"] < 4.0
+    # The overall deadline starts with the run, before the CRI connection and the wait, so the wait that lasted
+    # until it is a little shorter than the 2 s (1.99 s on a loaded machine); giving up early would be far shorter.
+    assert 1.0 <= summary["waited"] < 4.0
     assert summary["errors"][IMAGE].startswith("timeout: the overall timeout passed while waiting 2s for a node slot")
     assert api.holders() == {"pf-slot-0": "node-busy"}
 
