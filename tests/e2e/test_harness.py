@@ -8,10 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
+
+import pytest
 
 from e2e.support import REPO, Cluster
 from infra._util import wait_until
+from kube import cluster as kube_cluster
 from kube.cluster import INOTIFY_LIMITS, ensure_inotify_limits
 
 
@@ -70,3 +74,20 @@ def test_inotify_limits_are_raised_never_lowered(tmp_path: Path) -> None:
     ensure_inotify_limits(tmp_path)
     assert int((tmp_path / "max_user_instances").read_text()) == INOTIFY_LIMITS["max_user_instances"]
     assert (tmp_path / "max_user_watches").read_text() == "9999999\n"
+
+
+def test_a_node_stopped_twice_kills_its_mount_namespace_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel gives a freed namespace's inode number to the next new one at once: a second stop() of a node
+    (a test stopped it, then the cluster's teardown) must not kill by the old number, which may be another
+    cluster's node by then (it was: that run's kubelet went NotReady in the middle of its tests)."""
+    killed: list[str] = []
+    monkeypatch.setattr(kube_cluster, "kill_mount_namespace", killed.append)
+    monkeypatch.setattr(kube_cluster, "remove_cgroups", lambda _root: None)
+    node = object.__new__(kube_cluster.KubeNode)
+    node.kubelet, node.runtime, node.holder = None, None, None
+    node.mount_ns, node.cgroup_root = "mnt:[4026532999]", "/prefetch-test-0"
+    node.kubelet_root = Path("/nonexistent/kubelet")
+    node.proxy = types.SimpleNamespace(stop=lambda: None)
+    node.stop()
+    node.stop()
+    assert killed == ["mnt:[4026532999]"]

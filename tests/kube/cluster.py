@@ -299,6 +299,10 @@ class KubeNode:
             self.runtime = None
         if self.mount_ns:
             kill_mount_namespace(self.mount_ns)
+            # Never again by this name: the kernel hands a freed namespace's inode number to the next new namespace
+            # at once, so a second stop() (a test stops a node, the cluster's teardown stops it again) would kill
+            # whatever node of another cluster got it (it did: another run's kubelet went NotReady).
+            self.mount_ns = ""
         if self.holder is not None:
             stop_process(self.holder, term_timeout_s=5)
             self.holder = None
