@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import types
+import typing
 from pathlib import Path
 
 import pytest
 
 from e2e.support import REPO, Cluster
 from infra._util import wait_until
+from infra.faultproxy import FaultProxy
 from kube import cluster as kube_cluster
 from kube.cluster import INOTIFY_LIMITS, ensure_inotify_limits
 
@@ -87,7 +89,7 @@ def test_a_node_stopped_twice_kills_its_mount_namespace_once(monkeypatch: pytest
     node.kubelet, node.runtime, node.holder = None, None, None
     node.mount_ns, node.cgroup_root = "mnt:[4026532999]", "/prefetch-test-0"
     node.kubelet_root = Path("/nonexistent/kubelet")
-    node.proxy = types.SimpleNamespace(stop=lambda: None)
+    node.proxy = typing.cast(FaultProxy, types.SimpleNamespace(stop=lambda: None))
     node.stop()
     node.stop()
     assert killed == ["mnt:[4026532999]"]
