@@ -78,18 +78,35 @@ def test_inotify_limits_are_raised_never_lowered(tmp_path: Path) -> None:
     assert (tmp_path / "max_user_watches").read_text() == "9999999\n"
 
 
+def stand_in_node(monkeypatch: pytest.MonkeyPatch, killed: list[str]) -> kube_cluster.KubeNode:
+    """A KubeNode with nothing started but a made-up mount namespace; its kills are recorded in ``killed``."""
+    monkeypatch.setattr(kube_cluster, "kill_mount_namespace", killed.append)
+    node = object.__new__(kube_cluster.KubeNode)
+    node.name, node.kubelet, node.runtime, node.holder = "test-node-0", None, None, None
+    node.mount_ns, node.cgroup_root = "mnt:[4026532999]", "/prefetch-test-0"
+    node.kubelet_root = Path("/nonexistent/kubelet")
+    node.proxy = typing.cast(FaultProxy, types.SimpleNamespace(stop=lambda: None))
+    return node
+
+
 def test_a_node_stopped_twice_kills_its_mount_namespace_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel gives a freed namespace's inode number to the next new one at once: a second stop() of a node
     (a test stopped it, then the cluster's teardown) must not kill by the old number, which may be another
     cluster's node by then (it was: that run's kubelet went NotReady in the middle of its tests)."""
     killed: list[str] = []
-    monkeypatch.setattr(kube_cluster, "kill_mount_namespace", killed.append)
     monkeypatch.setattr(kube_cluster, "remove_cgroups", lambda _root: None)
-    node = object.__new__(kube_cluster.KubeNode)
-    node.kubelet, node.runtime, node.holder = None, None, None
-    node.mount_ns, node.cgroup_root = "mnt:[4026532999]", "/prefetch-test-0"
-    node.kubelet_root = Path("/nonexistent/kubelet")
-    node.proxy = typing.cast(FaultProxy, types.SimpleNamespace(stop=lambda: None))
+    node = stand_in_node(monkeypatch, killed)
     node.stop()
+    node.stop()
+    assert killed == ["mnt:[4026532999]"]
+
+
+def test_a_failing_stop_step_does_not_skip_the_namespace_kill(monkeypatch: pytest.MonkeyPatch) -> None:
+    def vanished(_root: str) -> None:
+        raise FileNotFoundError(2, "No such file or directory")  # a cgroup removed under rglob
+
+    killed: list[str] = []
+    monkeypatch.setattr(kube_cluster, "remove_cgroups", vanished)
+    node = stand_in_node(monkeypatch, killed)
     node.stop()
     assert killed == ["mnt:[4026532999]"]

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -290,25 +291,38 @@ class KubeNode:
 
     def stop(self) -> None:
         """Kubelet, then the pods' processes (by cgroup), the runtime, whatever else runs in the node's mount
-        namespace (runc shims, conmon), the holder; then the cgroups. The node's mounts go with its namespace."""
-        self.stop_kubelet()
-        remove_cgroups(self.cgroup_root)
-        if self.runtime is not None:
-            with contextlib.suppress(Exception):
-                self.runtime.close()
-            self.runtime = None
-        if self.mount_ns:
-            kill_mount_namespace(self.mount_ns)
-            # Never again by this name: the kernel hands a freed namespace's inode number to the next new namespace
-            # at once, so a second stop() (a test stops a node, the cluster's teardown stops it again) would kill
-            # whatever node of another cluster got it (it did: another run's kubelet went NotReady).
-            self.mount_ns = ""
-        if self.holder is not None:
-            stop_process(self.holder, term_timeout_s=5)
-            self.holder = None
-        self.proxy.stop()
-        remove_cgroups(self.cgroup_root)
-        shutil.rmtree(self.kubelet_root, ignore_errors=True)
+        namespace (runc shims, conmon), the holder; then the cgroups. The node's mounts go with its namespace.
+
+        Every step runs even when one before it failed (a cgroup vanishing under ``rglob``, a runtime that does not
+        close): a skipped namespace kill would leave the node's shims running after its cluster."""
+        steps: list[Callable[[], None]] = [
+            self.stop_kubelet, lambda: remove_cgroups(self.cgroup_root), self._stop_runtime, self._kill_namespace,
+            self._stop_holder, self.proxy.stop, lambda: remove_cgroups(self.cgroup_root),
+            lambda: shutil.rmtree(self.kubelet_root, ignore_errors=True),
+        ]
+        for step in steps:
+            try:
+                step()
+            except Exception:  # the next steps still run; the log says what failed
+                log.exception("%s: a step of stopping the node failed", self.name)
+
+    def _stop_runtime(self) -> None:
+        runtime, self.runtime = self.runtime, None
+        if runtime is not None:
+            runtime.close()
+
+    def _kill_namespace(self) -> None:
+        # Never by this name again: the kernel hands a freed namespace's inode number to the next new namespace at
+        # once, so a second stop() (a test stops a node, the cluster's teardown stops it again) would kill whatever
+        # node of another cluster got it (it did: another run's kubelet went NotReady).
+        mount_ns, self.mount_ns = self.mount_ns, ""
+        if mount_ns:
+            kill_mount_namespace(mount_ns)
+
+    def _stop_holder(self) -> None:
+        holder, self.holder = self.holder, None
+        if holder is not None:
+            stop_process(holder, term_timeout_s=5)
 
     def to_json(self) -> dict[str, Any]:
         assert self.runtime is not None
