@@ -30,9 +30,10 @@ class FakeLeaseApi:
     faults: dict[str, list[LeaseApiError]] = field(default_factory=dict)  # verb -> errors for its next calls
     calls: list[tuple[str, str]] = field(default_factory=list)  # (verb, name or "")
     # The watch: off by default (poll only, as against a Role without `watch`); on, `wait_freed` ends at the first
-    # write without a holder (a release) after the latest LIST of any caller.
+    # write without a holder (a release) after the caller's own latest LIST, as a real watch from that LIST's
+    # resourceVersion would (each node waits in a task of its own: the task stands for the node's HttpLeaseApi).
     watchable: bool = False
-    listed_at: int = 0  # the store version at the latest LIST
+    listed_at: dict[object, int] = field(default_factory=dict)  # the store version at each task's latest LIST
     freed_at: list[int] = field(default_factory=list)  # store versions of writes that freed a Lease
 
     def holders(self) -> dict[str, str]:
@@ -71,7 +72,7 @@ class FakeLeaseApi:
 
     async def list(self, timeout: float) -> list[Lease]:
         await self._enter("list", "")
-        self.listed_at = self.version
+        self.listed_at[asyncio.current_task()] = self.version
         return [copy.deepcopy(lease) for lease in self.store.values()]
 
     @property
@@ -83,7 +84,8 @@ class FakeLeaseApi:
         loop = asyncio.get_running_loop()
         ends = loop.time() + timeout
         while True:
-            if self.watchable and not self.down and any(v > self.listed_at for v in self.freed_at):
+            since = self.listed_at.get(asyncio.current_task(), 0)
+            if self.watchable and not self.down and any(v > since for v in self.freed_at):
                 return True
             if loop.time() >= ends:
                 return False
