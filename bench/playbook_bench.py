@@ -40,7 +40,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from e2e.support import Cluster, role_vars, write_inventory  # noqa: E402
+from e2e.support import Cluster, install_collection, role_vars, write_inventory  # noqa: E402
 from infra.images import push_test_image  # noqa: E402
 from kube.cluster import KubeCluster  # noqa: E402
 
@@ -50,23 +50,10 @@ REGISTRY = "registry.test:5000"
 IMAGES = [("bench/app0", "v1", 1.0, 2), ("bench/app1", "v1", 1.0, 2), ("bench/app2", "v1", 0.5, 1)]
 FLOOR_PLAY = [{"name": "Floor", "hosts": "clusters", "gather_facts": False,
                "tasks": [{"name": "Say hello", "ansible.builtin.debug": {"msg": "hello"}}]}]
-ADMIN_USER = "kubernetes-admin"
 
 
 def log(message: str) -> None:
     print(f"playbook-bench: {message}", file=sys.stderr, flush=True)
-
-
-def install_collection(work: Path, source: Path = REPO) -> Path:
-    """The collection tarball of the checkout at ``source``, installed as a user installs it."""
-    tree = subprocess.run(["bash", str(source / "scripts" / "build-tree.sh")], capture_output=True, text=True,
-                          check=True, env={**os.environ, "BUILD_ROOT": str(work / "tree")}).stdout.strip()
-    subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "build", tree, "--output-path",
-                    str(work / "dist")], check=True, capture_output=True)
-    tarball = next((work / "dist").glob("stackrox-prefetch-*.tar.gz"))
-    subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "install", "--offline", str(tarball), "-p",
-                    str(work / "collections")], check=True, capture_output=True)
-    return work / "collections"
 
 
 def install_revision(work: Path, revision: str) -> Path:

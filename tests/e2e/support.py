@@ -57,10 +57,10 @@ def push_all(upstream: str) -> list[str]:
     return refs
 
 
-def install_collection(work: Path) -> Path:
-    """Builds the collection tarball from this checkout's file set and installs it under ``work``, as a user
-    installs it; returns the collections path for ANSIBLE_COLLECTIONS_PATH."""
-    tree = subprocess.run(["bash", str(REPO / "scripts" / "build-tree.sh")], capture_output=True, text=True,
+def install_collection(work: Path, source: Path = REPO) -> Path:
+    """Builds the collection tarball from the file set of the checkout at ``source`` and installs it under
+    ``work``, as a user installs it; returns the collections path for ANSIBLE_COLLECTIONS_PATH."""
+    tree = subprocess.run(["bash", str(source / "scripts" / "build-tree.sh")], capture_output=True, text=True,
                           check=True, env={**os.environ, "BUILD_ROOT": str(work / "tree")}).stdout.strip()
     subprocess.run([str(VENV_BIN / "ansible-galaxy"), "collection", "build", tree, "--output-path",
                     str(work / "dist")], check=True, capture_output=True)
