@@ -156,9 +156,11 @@ options:
     choices: [Always, IfNotPresent]
   max_parallel_pulls:
     description:
-      - Most images one agent pulls at the same time (C(--max-parallel-pulls)); V(0) is no limit, as the Go tool.
+      - Most images one agent pulls at the same time (C(--max-parallel-pulls)).
+      - V(0) is no limit, as the Go tool. Beyond about 100 pulls at once containerd 2.x completes none of them; every
+        attempt times out and is retried, until the overall timeout (see the collection's C(docs/runtimes.md)).
     type: int
-    default: 0
+    default: 32
   not_found:
     description:
       - What the agent does when the registry says an image does not exist.

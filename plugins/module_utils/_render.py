@@ -17,7 +17,11 @@ import posixpath
 import typing as t
 
 from ansible_collections.stackrox.prefetch.plugins.module_utils._imagelist import image_list_text, unique_images
-from ansible_collections.stackrox.prefetch.plugins.module_utils._settings import DURATION_FLAGS, Settings
+from ansible_collections.stackrox.prefetch.plugins.module_utils._settings import (
+    AGENT_MAX_PARALLEL_PULLS,
+    DURATION_FLAGS,
+    Settings,
+)
 
 try:
     import yaml
@@ -106,9 +110,19 @@ def config_hash(settings: Settings) -> str:
         for key, value in dataclasses.asdict(settings).items()
         if key not in _UNHASHED_SETTINGS and not (key in _HASHED_WHEN_SET and value == _HASHED_WHEN_SET[key])
     }
+    agent_settings["max_parallel_pulls"] = _hashed_max_parallel_pulls(settings.max_parallel_pulls)
     payload = {"images": unique_images(settings.images), "settings": agent_settings}
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _hashed_max_parallel_pulls(value: int) -> t.Union[int, str]:
+    """The hash's form of max_parallel_pulls, from before its default became the agent's cap: the default (no flag
+    rendered) is hashed as 0, as the old default was, so such instances keep their checksum across the upgrade; 0
+    (all at once, now a rendered flag) needs a form of its own."""
+    if value == AGENT_MAX_PARALLEL_PULLS:
+        return 0
+    return "unlimited" if value == 0 else value
 
 
 # --- RBAC -------------------------------------------------------------------------------------------------------------
@@ -420,7 +434,7 @@ def fetch_args(settings: Settings) -> list[str]:
         args.append(f"--image-credential-provider-bin-dir={GKE_BIN_MOUNT}")
     if settings.pull_policy != "Always":
         args.append(f"--pull-policy={settings.pull_policy}")
-    if settings.max_parallel_pulls:
+    if settings.max_parallel_pulls != AGENT_MAX_PARALLEL_PULLS:
         args.append(f"--max-parallel-pulls={settings.max_parallel_pulls}")
     if settings.not_found != "retry":
         args.append(f"--not-found={settings.not_found}")

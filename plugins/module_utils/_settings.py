@@ -42,6 +42,9 @@ DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
 }
 
 # Upstream's broad toleration ("to match stackrox collector"): run on every node, tainted or not.
+# The agent's own default for --max-parallel-pulls (agent/src/image_prefetcher/cli.py): the flag is rendered only
+# when the setting differs, so a default manifest stays the Go tool's command line.
+AGENT_MAX_PARALLEL_PULLS = 32
 DEFAULT_TOLERATIONS: list[dict[str, t.Any]] = [{"operator": "Exists"}]
 
 # Agent flag of each timing option; the agent's own defaults apply when an option is unset.
@@ -99,7 +102,7 @@ SETTINGS_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
     "priority_class_name": {"type": "str"},
     "resources": {"type": "dict", "options": _RESOURCE_SUBOPTIONS},
     "pull_policy": {"type": "str", "default": "Always", "choices": ["Always", "IfNotPresent"]},
-    "max_parallel_pulls": {"type": "int", "default": 0},
+    "max_parallel_pulls": {"type": "int", "default": AGENT_MAX_PARALLEL_PULLS},
     "not_found": {"type": "str", "default": "retry", "choices": ["retry", "fail"]},
     "parallel_nodes": {"type": "int", "default": 0},
     "canary": {"type": "bool", "default": False},

@@ -16,6 +16,11 @@ from image_prefetcher.errors import CommandError
 from image_prefetcher.flags import Flag, FlagError, HelpRequested, ParsedArgs, flag_usage, parse_flags
 
 PROG = "image-prefetcher"
+# The Go tool starts every pull at once. Beyond about 100 concurrent pulls containerd 2.x completes none: each pull's
+# progress tracker lists every ingest in flight, and the metadata store's single writer serialises the rest, so all
+# attempts time out and their work is thrown away (docs/runtimes.md, "Many images at once"). 32 keeps clear of that
+# on containerd 1.6 and 2.x and CRI-O, and is more than a registry's bandwidth needs.
+DEFAULT_MAX_PARALLEL_PULLS = 32
 
 FETCH_FLAGS: tuple[Flag, ...] = (
     Flag("cri-socket", "string", "/run/containerd/containerd.sock", "Path to CRI UNIX socket."),
@@ -31,7 +36,12 @@ FETCH_FLAGS: tuple[Flag, ...] = (
     Flag("initial-pull-attempt-delay", "duration", 1 * SECOND, "Delay before the first retry (doubles)."),
     Flag("max-pull-attempt-delay", "duration", 10 * MINUTE, "Maximum delay between retries."),
     Flag("debug", "bool", False, "Debug logging, plus listing the runtime's images before and after."),
-    Flag("max-parallel-pulls", "int", 0, "Maximum images pulled at once (0 = unlimited)."),
+    Flag(
+        "max-parallel-pulls",
+        "int",
+        DEFAULT_MAX_PARALLEL_PULLS,
+        "Maximum images pulled at once (0 = unlimited, as the Go tool).",
+    ),
     Flag(
         "pull-policy",
         "choice",

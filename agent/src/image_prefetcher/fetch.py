@@ -295,7 +295,12 @@ class FetchRun:
             self._phase = None
 
     async def _pull_phase(self, cri: CriClient | None, engine: PullEngine, deadline: Deadline) -> None:
-        self.log.info("starting to pull images", images=len(self.images), listed=self.listed)
+        self.log.info(
+            "starting to pull images",
+            images=len(self.images),
+            listed=self.listed,
+            maxParallelPulls=self.options.max_parallel_pulls,
+        )
         if cri is None:
             return
         connect_timeout = min(to_seconds(self.options.cri_connect_timeout), max(deadline.remaining(), 0.001))

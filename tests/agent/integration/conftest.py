@@ -61,6 +61,18 @@ def images(registry: Registry) -> dict[str, TestImage]:
     return built
 
 
+MANY_IMAGES = 150
+
+
+@pytest.fixture(scope="session")
+def many_images(registry: Registry) -> list[str]:
+    """``MANY_IMAGES`` distinct tiny images (one 4 KiB layer each): ``registry.test:5000/it/many-NNN:v1``."""
+    names = [f"it/many-{i:03d}" for i in range(MANY_IMAGES)]
+    for name in names:
+        push_image(registry.host, build_test_image(name, "v1", size_mib=4 / 1024, layers=1, seed=name))
+    return [f"{REGISTRY_NAME}/{name}:v1" for name in names]
+
+
 @pytest.fixture(scope="session")
 def credentials() -> tuple[str, str]:
     return CREDENTIALS

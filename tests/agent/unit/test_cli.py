@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from casedata import REPO
 from fakecri import HANG, FakeCri, FakeCriThread
 
 from image_prefetcher import cli
-from image_prefetcher.cli import FETCH_FLAGS, FetchOptions, fetch_options
+from image_prefetcher.cli import DEFAULT_MAX_PARALLEL_PULLS, FETCH_FLAGS, FetchOptions, fetch_options
 from image_prefetcher.durations import MINUTE, SECOND
 from image_prefetcher.flags import FlagError, HelpRequested, parse_flags
 from image_prefetcher.logs import LOGGER_NAME
@@ -39,12 +40,22 @@ def test_defaults_match_upstream() -> None:
     assert options.overall_timeout == 20 * MINUTE
     assert options.initial_pull_attempt_delay == SECOND
     assert options.max_pull_attempt_delay == 10 * MINUTE
-    assert options.debug is False and options.max_parallel_pulls == 0
+    assert options.debug is False
+    # The one default that is not upstream's: the Go tool pulls everything at once (documented difference).
+    assert options.max_parallel_pulls == 32
     assert (options.pull_policy, options.not_found, options.log_format) == ("Always", "retry", "text")
     assert options.cri_connect_timeout == 60 * SECOND
     assert options.termination_log == "/dev/termination-log"
     assert (options.parallel_nodes, options.instance_name, options.lease_namespace) == (0, "", "")
     assert (options.lease_duration, options.lease_unreachable_timeout) == (30 * SECOND, MINUTE)
+
+
+def test_the_collection_renders_no_flag_for_the_agents_default_pull_cap() -> None:
+    """The collection leaves --max-parallel-pulls out when it equals the agent's default: the two must agree."""
+    settings = (REPO / "plugins" / "module_utils" / "_settings.py").read_text()
+    match = re.search(r"^AGENT_MAX_PARALLEL_PULLS = (\d+)$", settings, re.MULTILINE)
+    assert match is not None
+    assert int(match.group(1)) == DEFAULT_MAX_PARALLEL_PULLS == parse().max_parallel_pulls
 
 
 def test_mixed_flags_and_positionals() -> None:

@@ -317,6 +317,14 @@ def test_agent_flags_only_when_not_default() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("pulls", "flag"), [(32, None), (0, "--max-parallel-pulls=0"), (64, "--max-parallel-pulls=64")]
+)
+def test_max_parallel_pulls_flag_only_when_not_the_agents_default(pulls: int, flag: t.Optional[str]) -> None:
+    args = fetch_args(make_settings(max_parallel_pulls=pulls))
+    assert [a for a in args if a.startswith("--max-parallel-pulls")] == ([flag] if flag else [])
+
+
 def test_scheduling_options() -> None:
     spec = pod_spec(rendered(**GOLDEN_CASES["scheduling"]))
     assert spec["nodeSelector"] == {"node-role.kubernetes.io/worker": ""}
@@ -419,6 +427,14 @@ def test_difference_config_hash_annotation() -> None:
 def test_config_hash_is_pinned() -> None:
     # sha256 of the canonical JSON; a change here rolls every deployed instance, so it must be deliberate.
     assert config_hash(make_settings()) == GOLDEN_HASH
+
+
+def test_config_hash_of_the_pull_cap_default_is_the_old_defaults() -> None:
+    # The default became the agent's cap of 32 (no flag, as the old default of 0): instances keep their checksum.
+    # 0 now renders a flag (all at once), so it must roll the pods.
+    assert config_hash(make_settings(max_parallel_pulls=32)) == GOLDEN_HASH
+    assert len({GOLDEN_HASH, config_hash(make_settings(max_parallel_pulls=0)),
+                config_hash(make_settings(max_parallel_pulls=4))}) == 3
 
 
 GOLDEN_HASH = "a1a4bd78ef64f6c7c6defc0e9b7936fadf849e8e9dcc0070e25aab829326c384"

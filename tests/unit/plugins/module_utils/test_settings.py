@@ -129,7 +129,7 @@ def test_defaults() -> None:
     assert result.priority_class_name is None
     assert result.resources == DEFAULT_RESOURCES
     assert result.pull_policy == "Always"
-    assert result.max_parallel_pulls == 0
+    assert result.max_parallel_pulls == 32
     assert result.not_found == "retry"
     assert result.durations == {}
     assert result.agent_debug is False
