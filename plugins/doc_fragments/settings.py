@@ -213,6 +213,16 @@ options:
       - Debug logging of the agent (C(--debug)), with the node's image list before and after the pulls.
     type: bool
     default: false
+  agent_progress_interval:
+    description:
+      - How often at most each agent writes its progress (images done of all, the images it is pulling) onto its own
+        pod, as the annotation C(prefetch.stackrox.io/progress) (C(--progress-interval)).
+        The M(stackrox.prefetch.rollout) progress lines name the slowest node's image from it.
+      - Nothing is written during the first interval, nor when nothing changed, so a node that is done within it costs
+        no API write. The agents get a Role allowing C(patch) of C(pods) in the instance's namespace, and only that.
+      - A Go duration; V(0s) writes nothing and renders neither the flag nor the Role.
+    type: str
+    default: 10s
   max_unavailable:
     description:
       - C(maxUnavailable) of the DaemonSet's rolling update, a count of nodes or a percentage. The default replaces

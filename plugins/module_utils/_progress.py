@@ -8,8 +8,10 @@ plugin reads it while the module runs and prints ``progress_line`` through a ``T
 ``interval`` seconds (a quick run stays quiet), then a line whenever the counts or the slowest node changed, at most
 one every ``interval`` seconds.
 
-The agent does not publish which image it is pulling while it runs, so the slowest node is named with how long it
-has been pulling, not with its image.
+The slowest node is the one pulling the longest. Its agent's progress annotation (``PROGRESS_ANNOTATION``, written
+on its own pod at most every ``agent_progress_interval``, see agent/README.md) adds how many of its images are done
+and which image it is pulling; without one (a node done within the interval, the agent's writes denied, an older
+agent) the line names the node and how long it has been pulling.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ansible_collections.stackrox.prefetch.plugins.module_utils._rollout import 
     prefetch_status,
 )
 
+PROGRESS_ANNOTATION = "prefetch.stackrox.io/progress"
 DONE = ("succeeded", "failed", "error", "gone", "unknown")
 NOT_STARTED = ("pending", "not_started")
 _MESSAGE_LIMIT = 80
@@ -52,13 +55,60 @@ def pulling_since(
     return since
 
 
+def _count(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def parse_agent_progress(text: Any) -> Optional[dict[str, Any]]:
+    """The agent's annotation value (JSON, ``v`` 1) as ``{"done", "total"[, "image", "attempt"]}``; None when it is
+    missing or not understood (a newer agent's format, a hand edit): progress lines must never fail the wait."""
+    if not isinstance(text, str):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or value.get("v") != 1:
+        return None
+    done, total = _count(value.get("done")), _count(value.get("total"))
+    if done is None or total is None:
+        return None
+    result: dict[str, Any] = {"done": done, "total": total}
+    pulling = value.get("pulling")
+    first = pulling[0] if isinstance(pulling, list) and pulling and isinstance(pulling[0], dict) else {}
+    if isinstance(first.get("image"), str) and first["image"]:
+        result["image"] = _shorten(first["image"])
+        attempt = _count(first.get("attempt"))
+        if attempt:
+            result["attempt"] = attempt
+    return result
+
+
+def agent_progress(daemonset: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Node -> its current pod's published progress (``parse_agent_progress``), for the pods that have one."""
+    found = {}
+    for pod in pods:
+        if not is_current_pod(pod, daemonset) or not pod_node(pod):
+            continue
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        parsed = parse_agent_progress(annotations.get(PROGRESS_ANNOTATION))
+        if parsed is not None:
+            found[pod_node(pod)] = parsed
+    return found
+
+
 def snapshot(
-    nodes: list[dict[str, Any]], since: dict[str, float], desired: int = 0, warnings: Optional[list[str]] = None
+    nodes: list[dict[str, Any]],
+    since: dict[str, float],
+    desired: int = 0,
+    warnings: Optional[list[str]] = None,
+    progress: Optional[dict[str, dict[str, Any]]] = None,
 ) -> dict[str, Any]:
     """Counts by status (``waiting``: for a node slot), the node pulling the longest, the first node that has not
     started and the wait's warnings (JSON-ready).
 
     ``desired``: the DaemonSet's desiredNumberScheduled; nodes it counts that have no pod yet are not started.
+    ``progress``: node -> what its agent published (``agent_progress``), added to the slowest node.
     """
     counts: dict[str, int] = {}
     for report in nodes:
@@ -75,6 +125,7 @@ def snapshot(
     if pulling:
         started, name = pulling[0]
         result["slowest"] = {"node": name, "since": None if started == float("inf") else started}
+        result["slowest"].update((progress or {}).get(name) or {})
     if waiting:
         result["waiting"] = {"node": str(waiting[0]["node"]), "message": _shorten(waiting[0].get("message") or "")}
     if warnings:
@@ -94,8 +145,8 @@ def duration(seconds: float) -> str:
 
 def progress_line(host: str, snap: dict[str, Any], now: float) -> str:
     """``prod-east: 7/20 nodes done (6 succeeded, 1 failed), 2 pulling, 9 waiting for a slot, 2 not started;
-    slowest: node-4 pulling for 2m05s``; ``now`` in Unix seconds (the slowest node's start is the kubelet's clock,
-    or the node's own when it took its slot)."""
+    slowest: node-4 pulling for 2m05s (7/20 images; now registry.example.com/app:2.0, attempt 2)``; ``now`` in Unix
+    seconds (the slowest node's start is the kubelet's clock, or the node's own when it took its slot)."""
     counts: dict[str, int] = dict(snap.get("counts") or {})
     done = sum(counts.get(status, 0) for status in DONE)
     parts = [f"{count} {status}" for status in DONE if (count := counts.get(status, 0))]
@@ -114,6 +165,13 @@ def progress_line(host: str, snap: dict[str, Any], now: float) -> str:
         line += f"; slowest: {slowest['node']} pulling"
         if slowest.get("since") is not None:
             line += f" for {duration(now - float(slowest['since']))}"
+        if slowest.get("total") is not None:
+            line += f" ({slowest['done']}/{slowest['total']} images"
+            if slowest.get("image"):
+                line += f"; now {slowest['image']}"
+                if slowest.get("attempt", 1) > 1:
+                    line += f", attempt {slowest['attempt']}"
+            line += ")"
     waiting = snap.get("waiting")
     if waiting:
         line += f"; {waiting['node']} not started"
@@ -125,7 +183,7 @@ def progress_line(host: str, snap: dict[str, Any], now: float) -> str:
 def change_key(snap: dict[str, Any]) -> str:
     """What makes a new line worth printing: the counts (``waiting`` for a slot among them), the slowest node and
     the first not-started node's reason (not the time, which changes every second)."""
-    slowest = (snap.get("slowest") or {}).get("node")
+    slowest = {key: value for key, value in (snap.get("slowest") or {}).items() if key != "since"}
     return json.dumps([snap.get("nodes"), snap.get("counts"), slowest, snap.get("waiting")], sort_keys=True)
 
 
@@ -194,8 +252,9 @@ class SnapshotWriter:
             nodes = self.report(state).get("nodes") or []
             desired = int(((state.daemonset.get("status") or {}).get("desiredNumberScheduled")) or 0)
             leases = state.slot_leases()
-            since = pulling_since(state.daemonset, list(state.pods.values()), leases.acquired if leases else None)
-            snap = snapshot(nodes, since, desired, self.warnings)
+            pods = list(state.pods.values())
+            since = pulling_since(state.daemonset, pods, leases.acquired if leases else None)
+            snap = snapshot(nodes, since, desired, self.warnings, agent_progress(state.daemonset, pods))
         except Exception:  # a state this code did not foresee: no more progress lines, the wait goes on
             self.broken = True
             return

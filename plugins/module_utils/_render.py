@@ -69,7 +69,7 @@ KUBE_LINTER_ANNOTATIONS = {
 _UNHASHED_SETTINGS = ("images", "metrics_service_type", "max_unavailable", "network_policy")
 # Settings added after the first release: hashed only when set, so instances that leave them at their default keep
 # their checksum (and their pods) across an upgrade of the collection.
-_HASHED_WHEN_SET: dict[str, t.Any] = {"parallel_nodes": 0, "canary": False}
+_HASHED_WHEN_SET: dict[str, t.Any] = {"parallel_nodes": 0, "canary": False, "agent_progress_interval": "10s"}
 
 
 def common_labels(settings: Settings) -> dict[str, str]:
@@ -143,6 +143,10 @@ def scc_rbac_name(settings: Settings) -> str:
 
 def node_slots_rbac_name(settings: Settings) -> str:
     return f"{settings.name}-node-slots"
+
+
+def progress_rbac_name(settings: Settings) -> str:
+    return f"{settings.name}-progress"
 
 
 def metrics_name(settings: Settings) -> str:
@@ -243,6 +247,23 @@ def _node_slots_role(settings: Settings) -> Obj:
                 "verbs": ["get", "list", "watch", "create", "update"],
             }
         ],
+    }
+
+
+def _progress_role(settings: Settings) -> Obj:
+    """The agents' progress annotation on their own pods (agent_progress_interval): patch, of pods, in the instance's
+    namespace only. Pod names are made by the DaemonSet controller, so no resourceNames."""
+    description = (
+        f"Allows the image-prefetcher agents of instance {settings.name} to publish their progress "
+        f"(annotation prefetch.stackrox.io/progress on their own pods) in namespace {settings.namespace}."
+    )
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(
+            settings, progress_rbac_name(settings), annotations={"kubernetes.io/description": description}
+        ),
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}],
     }
 
 
@@ -438,6 +459,8 @@ def fetch_args(settings: Settings) -> list[str]:
         args.append(f"--max-parallel-pulls={settings.max_parallel_pulls}")
     if settings.not_found != "retry":
         args.append(f"--not-found={settings.not_found}")
+    if settings.publishes_progress:
+        args.append(f"--progress-interval={settings.agent_progress_interval}")
     if settings.parallel_nodes:
         args.append(f"--parallel-nodes={settings.parallel_nodes}")
         if settings.canary:
@@ -579,6 +602,8 @@ def render(settings: Settings) -> list[Obj]:
         objects += [_scc_role(settings), _role_binding(settings, scc_rbac_name(settings))]
     if settings.parallel_nodes:
         objects += [_node_slots_role(settings), _role_binding(settings, node_slots_rbac_name(settings))]
+    if settings.publishes_progress:
+        objects += [_progress_role(settings), _role_binding(settings, progress_rbac_name(settings))]
     objects.append(_config_map(settings))
     if settings.network_policy:
         objects.append(_agent_network_policy(settings))

@@ -45,6 +45,8 @@ DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
 # The agent's own default for --max-parallel-pulls (agent/src/image_prefetcher/cli.py): the flag is rendered only
 # when the setting differs, so a default manifest stays the Go tool's command line.
 AGENT_MAX_PARALLEL_PULLS = 32
+# How often an agent may write its progress onto its own pod (--progress-interval); "0s" turns that off.
+DEFAULT_AGENT_PROGRESS_INTERVAL = "10s"
 DEFAULT_TOLERATIONS: list[dict[str, t.Any]] = [{"operator": "Exists"}]
 
 # Agent flag of each timing option; the agent's own defaults apply when an option is unset.
@@ -112,6 +114,7 @@ SETTINGS_ARGUMENT_SPEC: dict[str, dict[str, t.Any]] = {
     "initial_pull_attempt_delay": {"type": "str"},
     "max_pull_attempt_delay": {"type": "str"},
     "agent_debug": {"type": "bool", "default": False},
+    "agent_progress_interval": {"type": "str", "default": DEFAULT_AGENT_PROGRESS_INTERVAL},
     "max_unavailable": {"type": "raw", "default": "100%"},
     "network_policy": {"type": "bool", "default": True},
 }
@@ -144,6 +147,11 @@ class Settings:
     agent_debug: bool
     max_unavailable: t.Union[int, str]
     network_policy: bool
+    agent_progress_interval: str = DEFAULT_AGENT_PROGRESS_INTERVAL  # canonical Go duration; "0s" = not published
+
+    @property
+    def publishes_progress(self) -> bool:
+        return self.agent_progress_interval != "0s"
 
     @property
     def flavor_spec(self) -> Flavor:
@@ -664,4 +672,5 @@ def validate_settings(
         agent_debug=bool(values["agent_debug"]),
         max_unavailable=max_unavailable(values["max_unavailable"]),
         network_policy=bool(values["network_policy"]),
+        agent_progress_interval=canonical_duration("agent_progress_interval", str(values["agent_progress_interval"])),
     )

@@ -201,7 +201,8 @@ def test_apply_500_reports_what_was_written_and_a_rerun_repairs(cluster: Cluster
            "the server); run the task again to finish" in message
     assert [(o["kind"], o["action"]) for o in failure["objects"]] == [
         ("Namespace", "created"), ("ServiceAccount", "created"), ("ClusterRole", "created"),
-        ("ClusterRoleBinding", "created"), ("ConfigMap", "created"), ("NetworkPolicy", "created")]
+        ("ClusterRoleBinding", "created"), ("Role", "created"), ("RoleBinding", "created"), ("ConfigMap", "created"),
+        ("NetworkPolicy", "created")]
     assert [(o["kind"], o["action"], o["maybe_done"]) for o in failure["not_written"]] == [
         ("DaemonSet", "created", True)]
     writes = requests_to(px, "PATCH", rf"/daemonsets/{name}$", NO_DRY_RUN)

@@ -166,9 +166,10 @@ def test_agent_label_patch_is_authorised_by_real_rbac(cluster: Cluster, collecti
     sa_user = f"system:serviceaccount:{name}:{name}"
     can = cluster.kubectl("auth", "can-i", "patch", "nodes", f"--as={sa_user}", check=False)
     assert can.stdout.strip() == "yes", can.stdout + can.stderr
-    # Exactly what it needs: beyond what any ServiceAccount of the namespace may do, nodes: patch, and nothing else.
+    # Exactly what it needs: beyond what any ServiceAccount of the namespace may do, nodes: patch (its node label)
+    # and pods: patch in its own namespace (its progress annotation), and nothing else.
     granted = _can_i_list(cluster, name, name) - _can_i_list(cluster, name, "someone-else")
-    assert granted == {("nodes", "[]", "[]", "[patch]")}, granted
+    assert granted == {("nodes", "[]", "[]", "[patch]"), ("pods", "[]", "[]", "[patch]")}, granted
     patches = [r for r in cluster._records_since(0) if r["user"] == sa_user and r["resource"] == "nodes"
                and r["verb"] == "patch"]
     assert {r["name"] for r in patches} == set(cluster.node_names), patches

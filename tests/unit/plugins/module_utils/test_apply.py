@@ -347,6 +347,7 @@ SERVED = {
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ResourceInfo(
         "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", False
     ),
+    ("rbac.authorization.k8s.io/v1", "Role"): ResourceInfo("rbac.authorization.k8s.io/v1", "Role", "roles", True),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): ResourceInfo(
         "rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", True
     ),

@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 
 from ansible_collections.stackrox.prefetch.plugins.module_utils._progress import (
+    PROGRESS_ANNOTATION,
     SnapshotWriter,
     Throttle,
+    agent_progress,
     change_key,
     duration,
+    parse_agent_progress,
     parse_time,
     progress_line,
     pulling_since,
@@ -205,3 +208,61 @@ def test_the_waiter_hands_every_new_state_to_the_progress_hook_while_it_waits(tm
     # own update ends the wait: a pod that finished shows before the end.
     assert all(snap["nodes"] == 2 for snap in seen)
     assert any(snap["counts"].get("succeeded") for snap in seen)
+
+
+# --- what the agents publish on their pods (agent_progress_interval) ------------------------------------------------
+
+
+def published(done: int, total: int, *pulling: tuple[str, int]) -> str:
+    entries = [{"image": image, "since": T0, "attempt": attempt} for image, attempt in pulling]
+    return json.dumps({"v": 1, "total": total, "done": done, "ok": done, "failed": 0, "skipped": 0,
+                       "pulling": entries, "t": int(T0)})
+
+
+def test_the_slowest_nodes_line_names_its_image_and_counts() -> None:
+    since = {"node-8": T0 - 5, "node-9": T0}
+    progress = {"node-8": {"done": 7, "total": 20, "image": "registry.example.com/app:2.0", "attempt": 2}}
+    line = progress_line("prod-east", snapshot(twenty_nodes(), since, progress=progress), T0 + 120)
+    assert "; slowest: node-8 pulling for 2m05s (7/20 images; now registry.example.com/app:2.0, attempt 2);" in line
+    first = {"node-8": {"done": 3, "total": 20, "image": "registry.example.com/app:2.0", "attempt": 1}}
+    line = progress_line("prod-east", snapshot(twenty_nodes(), since, progress=first), T0 + 120)
+    assert "; slowest: node-8 pulling for 2m05s (3/20 images; now registry.example.com/app:2.0);" in line
+    between = {"node-8": {"done": 3, "total": 20}}  # no attempt in flight (sleeping before a retry)
+    line = progress_line("prod-east", snapshot(twenty_nodes(), since, progress=between), T0 + 120)
+    assert "; slowest: node-8 pulling for 2m05s (3/20 images);" in line
+
+
+def test_a_new_image_on_the_slowest_node_is_a_change_worth_a_line() -> None:
+    since = {"node-8": T0}
+    one = snapshot(twenty_nodes(), since, progress={"node-8": {"done": 1, "total": 5, "image": "a:1"}})
+    other = snapshot(twenty_nodes(), since, progress={"node-8": {"done": 2, "total": 5, "image": "b:1"}})
+    same = snapshot(twenty_nodes(), {"node-8": T0 + 3}, progress={"node-8": {"done": 1, "total": 5, "image": "a:1"}})
+    assert change_key(one) != change_key(other)
+    assert change_key(one) == change_key(same)
+
+
+@pytest.mark.parametrize("text", [None, "", "{", "[]", '{"v": 2, "done": 1, "total": 2}', '{"v": 1, "done": -1, '
+                                  '"total": 2}', '{"v": 1, "done": true, "total": 2}', '{"v": 1, "total": 2}'])
+def test_a_progress_annotation_not_understood_is_ignored(text: Any) -> None:
+    assert parse_agent_progress(text) is None
+
+
+def test_parse_agent_progress_takes_the_longest_running_image() -> None:
+    text = published(4, 9, ("registry.test:5000/a:" + "x" * 100, 3), ("b:1", 1))
+    parsed = parse_agent_progress(text)
+    assert parsed is not None
+    assert (parsed["done"], parsed["total"], parsed["attempt"]) == (4, 9, 3)
+    assert parsed["image"].startswith("registry.test:5000/a:") and parsed["image"].endswith("...")
+    assert len(parsed["image"]) == 80
+    assert parse_agent_progress(published(9, 9)) == {"done": 9, "total": 9}
+
+
+def test_agent_progress_reads_the_current_pods_annotation_only() -> None:
+    current = pod("p1", "n1", {"running": {"startedAt": "2026-12-04T06:00:00Z"}})
+    current["metadata"]["annotations"] = {PROGRESS_ANNOTATION: published(1, 3, ("a:1", 1))}
+    stale = pod("p0", "n2", {"running": {}})
+    stale["metadata"]["ownerReferences"] = [{"uid": "old"}]
+    stale["metadata"]["annotations"] = {PROGRESS_ANNOTATION: published(2, 3)}
+    without = pod("p2", "n3", {"running": {}})
+    expected = {"n1": {"done": 1, "total": 3, "image": "a:1", "attempt": 1}}
+    assert agent_progress(DS, [current, stale, without]) == expected

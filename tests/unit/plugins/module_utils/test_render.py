@@ -158,6 +158,8 @@ def test_vanilla_objects_in_apply_order() -> None:
         ("ServiceAccount", "my-images"),
         ("ClusterRole", "my-images-node-labeler"),
         ("ClusterRoleBinding", "my-images-node-labeler"),
+        ("Role", "my-images-progress"),
+        ("RoleBinding", "my-images-progress"),
         ("ConfigMap", "my-images"),
         ("NetworkPolicy", "my-images"),
         ("DaemonSet", "my-images"),
@@ -171,6 +173,8 @@ def test_ocp_with_metrics_objects_in_apply_order() -> None:
         ("ClusterRoleBinding", "my-images-node-labeler"),
         ("Role", "my-images-privileged-scc-use"),
         ("RoleBinding", "my-images-privileged-scc-use"),
+        ("Role", "my-images-progress"),
+        ("RoleBinding", "my-images-progress"),
         ("ConfigMap", "my-images"),
         ("NetworkPolicy", "my-images"),
         ("NetworkPolicy", "my-images-metrics"),
@@ -214,13 +218,13 @@ def test_cri_socket_override() -> None:
 @pytest.mark.parametrize("flavor", ["vanilla", "crio", "k3s", "rke2", "microk8s"])
 def test_only_ocp_gets_scc_rbac_and_annotation(flavor: str) -> None:
     objects = rendered(flavor=flavor)
-    assert not [obj for obj in objects if obj["kind"] in ("Role", "RoleBinding")]
+    assert not [obj for obj in objects if obj["metadata"]["name"] == "my-images-privileged-scc-use"]
     annotations = by_kind(objects, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
     assert "openshift.io/required-scc" not in annotations
 
 
 def test_ocp_scc_wiring() -> None:
-    objects = rendered(flavor="ocp", namespace="prefetch")
+    objects = rendered(flavor="ocp", namespace="prefetch", agent_progress_interval="0s")
     role, binding = by_kind(objects, "Role"), by_kind(objects, "RoleBinding")
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "prefetch"
     assert role["rules"] == [
@@ -274,7 +278,7 @@ def test_metrics_wiring() -> None:
 
 
 def test_gke_credential_provider_wiring_without_image_switch() -> None:
-    objects = rendered(credential_provider="GKE")
+    objects = rendered(credential_provider="GKE", agent_progress_interval="0s")
     assert prefetch(objects)["args"][-2:] == [
         "--image-credential-provider-config=/tmp/credential-provider/cri_auth_config.yaml",
         "--image-credential-provider-bin-dir=/tmp/credential-provider-bin",
@@ -303,11 +307,13 @@ def test_agent_flags_only_when_not_default() -> None:
         "fetch",
         "--image-list-file=/tmp/list/images.txt",
         "--cri-socket=/tmp/cri/containerd.sock",
+        "--progress-interval=10s",  # the agent's own default is 0s (off), as the Go tool has no such flag
     ]
     assert fetch_args(make_settings(**GOLDEN_CASES["agent-options"]))[3:] == [
         "--pull-policy=IfNotPresent",
         "--max-parallel-pulls=4",
         "--not-found=fail",
+        "--progress-interval=10s",
         "--initial-pull-attempt-timeout=15s",
         "--max-pull-attempt-timeout=2m0s",
         "--overall-timeout=45m0s",
@@ -447,10 +453,11 @@ def test_difference_metrics_service_is_cluster_ip_by_default() -> None:
 
 
 def test_difference_scc_rbac_names_are_per_instance() -> None:
-    first = {(o["kind"], o["metadata"]["name"]) for o in rendered(flavor="ocp") if o["kind"].startswith("Role")}
-    second = {
-        (o["kind"], o["metadata"]["name"]) for o in rendered(flavor="ocp", name="other") if o["kind"].startswith("Role")
-    }
+    def roles(**overrides: t.Any) -> set[tuple[str, str]]:
+        objects = rendered(flavor="ocp", agent_progress_interval="0s", **overrides)
+        return {(o["kind"], o["metadata"]["name"]) for o in objects if o["kind"].startswith("Role")}
+
+    first, second = roles(), roles(name="other")
     assert first == {("Role", "my-images-privileged-scc-use"), ("RoleBinding", "my-images-privileged-scc-use")}
     assert not first & second
 
@@ -597,7 +604,7 @@ def test_termination_message_policy_stays_default() -> None:
 
 def test_node_slots_off_by_default_renders_no_lease_rbac_nor_flags() -> None:
     objects = rendered()
-    assert not [obj for obj in objects if obj["kind"] in ("Role", "RoleBinding")]
+    assert not [obj for obj in objects if obj["metadata"]["name"] == "my-images-node-slots"]
     assert not [arg for arg in prefetch(objects)["args"] if arg.startswith(("--parallel-nodes", "--canary"))]
 
 
@@ -614,7 +621,7 @@ def test_node_slots_flags() -> None:
 
 
 def test_node_slots_rbac_is_namespaced_and_minimal() -> None:
-    objects = rendered(parallel_nodes=2, namespace="prefetch")
+    objects = rendered(parallel_nodes=2, namespace="prefetch", agent_progress_interval="0s")
     assert kinds_and_names(objects) == [
         ("ServiceAccount", "my-images"),
         ("ClusterRole", "my-images-node-labeler"),
@@ -656,3 +663,30 @@ def test_node_slots_rbac_next_to_the_scc_rbac_on_ocp() -> None:
         ("Role", "my-images-node-slots"),
         ("RoleBinding", "my-images-node-slots"),
     ]
+
+
+# --- Progress published by the agents (agent_progress_interval) -------------------------------------------------------
+
+
+def test_progress_rbac_is_pods_patch_in_the_namespace_only() -> None:
+    objects = rendered(namespace="prefetch")
+    named = [o for o in objects if o["metadata"]["name"] == "my-images-progress"]
+    role, binding = by_kind(named, "Role"), by_kind(named, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "prefetch"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "my-images"}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "my-images-progress"}
+    assert "--progress-interval=10s" in prefetch(objects)["args"]
+
+
+@pytest.mark.parametrize(("interval", "flag"), [("0s", None), ("0", None), ("90s", "--progress-interval=1m30s")])
+def test_progress_interval_flag_and_role(interval: str, flag: t.Optional[str]) -> None:
+    objects = rendered(agent_progress_interval=interval)
+    flags = [a for a in prefetch(objects)["args"] if a.startswith("--progress-interval")]
+    assert flags == ([flag] if flag else [])
+    assert any(o["metadata"]["name"] == "my-images-progress" for o in objects) is (flag is not None)
+
+
+def test_progress_default_keeps_the_config_hash() -> None:
+    assert config_hash(make_settings(agent_progress_interval="10s")) == GOLDEN_HASH
+    assert config_hash(make_settings(agent_progress_interval="0s")) != GOLDEN_HASH

@@ -66,6 +66,8 @@ def strip_ours(objects: list[Obj]) -> list[Obj]:
     objects = [obj for obj in objects if obj["kind"] != "ConfigMap"]
     # Difference: the NetworkPolicies (no ingress to the agents; the aggregator's gRPC only from them).
     objects = [obj for obj in objects if obj["kind"] != "NetworkPolicy"]
+    # Difference: the agents publish their progress on their own pods (a Role for pods/patch, and its flag).
+    objects = [obj for obj in objects if obj["metadata"]["name"] != "my-images-progress"]
     for obj in objects:
         # Difference: the app.kubernetes.io labels on every object and pod template.
         for metadata in (obj["metadata"], obj.get("spec", {}).get("template", {}).get("metadata", {})):
@@ -89,6 +91,7 @@ def strip_ours(objects: list[Obj]) -> list[Obj]:
             assert pod.pop("automountServiceAccountToken") is False
             pod["volumes"] = [volume for volume in pod["volumes"] if volume["name"] != "service-account-token"]
             prefetch = pod["initContainers"][0]
+            prefetch["args"].remove("--progress-interval=10s")
             prefetch["volumeMounts"] = [m for m in prefetch["volumeMounts"] if m["name"] != "service-account-token"]
         if obj["kind"] == "ClusterRole":
             # Difference (least privilege): nodes: patch only (upstream: get, patch, update; the agent only PATCHes).

@@ -293,6 +293,8 @@ ERRORS: list[tuple[dict[str, t.Any], str]] = [
         r"^resources\.prefetch: the memory request is above its limit$",
     ),
     ({"max_parallel_pulls": -1}, r"^max_parallel_pulls must be an integer >= 0, got -1$"),
+    ({"agent_progress_interval": "-1s"}, r"^agent_progress_interval must not be negative, got '-1s'$"),
+    ({"agent_progress_interval": "soon"}, r"^agent_progress_interval: "),
     ({"max_parallel_pulls": True}, r"^max_parallel_pulls must be an integer"),
     ({"parallel_nodes": -1}, r"^parallel_nodes must be an integer >= 0, got -1$"),
     ({"parallel_nodes": True}, r"^parallel_nodes must be an integer"),

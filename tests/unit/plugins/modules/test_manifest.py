@@ -46,6 +46,8 @@ def test_render_without_dest_changes_nothing() -> None:
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "ConfigMap",
         "NetworkPolicy",
         "DaemonSet",
@@ -119,7 +121,7 @@ def test_images_file_then_images(tmp_path: Path) -> None:
     images_file = tmp_path / "images.txt"
     images_file.write_text("# from the file\nregistry.test:5000/a:1\n\n", encoding="utf-8")
     result = run({"name": "my-images", "images_file": str(images_file), "images": ["registry.test:5000/b:2"]})
-    config_map = result["objects"][3]
+    config_map = next(obj for obj in result["objects"] if obj["kind"] == "ConfigMap")
     assert config_map["data"]["images.txt"] == "registry.test:5000/a:1\nregistry.test:5000/b:2\n"
 
 
@@ -176,7 +178,8 @@ def test_invalid_references_warn_but_render() -> None:
     # QA: the entry still goes to the nodes (the agent reports it per node), but the user hears of it at once.
     with mock.patch.object(basic.AnsibleModule, "warn") as warn:
         result = run(base_args(images=[*IMAGES, "registry.test:5000/team/App:v1"]))
-    assert "registry.test:5000/team/App:v1" in result["objects"][3]["data"]["images.txt"]
+    config_map = next(o for o in result["objects"] if o["kind"] == "ConfigMap")
+    assert "registry.test:5000/team/App:v1" in config_map["data"]["images.txt"]
     (message,), _kwargs = warn.call_args
     assert message.startswith("prefetch instance 'my-images': 1 image list entry is not a valid image reference")
     assert "'registry.test:5000/team/App:v1' (the repository must be lower-case)" in message
