@@ -87,6 +87,13 @@ FETCH_FLAGS: tuple[Flag, ...] = (
         "With --parallel-nodes: the first node pulls alone first; the images it finds invalid or missing "
         "(--not-found=fail) are skipped by every later node.",
     ),
+    Flag(
+        "progress-interval",
+        "duration",
+        0,
+        "How often the progress of the pulls is written to this pod's annotation prefetch.stackrox.io/progress "
+        "(0s = never).",
+    ),
 )
 
 AGGREGATE_FLAGS: tuple[Flag, ...] = (
@@ -125,6 +132,7 @@ class FetchOptions:
     lease_duration: int
     lease_unreachable_timeout: int
     canary: bool
+    progress_interval: int
     positional_images: tuple[str, ...]
 
 
@@ -163,6 +171,9 @@ def validate_fetch(options: FetchOptions) -> None:
     if options.lease_unreachable_timeout < 0:
         shown = format_duration(options.lease_unreachable_timeout)
         raise FlagError(f"--lease-unreachable-timeout must not be negative, got {shown}")
+    if options.progress_interval < 0:
+        shown = format_duration(options.progress_interval)
+        raise FlagError(f"--progress-interval must be 0s (off) or more, got {shown}")
 
 
 def fetch_options(parsed: ParsedArgs) -> FetchOptions:

@@ -91,6 +91,11 @@ class ImageResult:
     error: PullError | None = None
     ended_by_deadline: bool = False
     history: list[AttemptRecord] = field(default_factory=list)  # every PullImage attempt, in order
+    # For progress reports (progress.py): when the image's first PullImage attempt started (Unix time, None before
+    # it), and the number (1-based, counted like `attempts`) of the attempt whose PullImage call is in flight now,
+    # 0 while none is (waiting for a slot or a gate, sleeping between retries, asking ImageStatus, or ended).
+    first_attempt_at: float | None = None
+    in_flight: int = 0
 
     def reason(self) -> str:
         """Short `<class>: <detail>` for the summary (only meaningful for failed images)."""
@@ -304,6 +309,9 @@ class PullEngine:
         result.attempts += 1
         rpc_timeout = min(nominal_timeout, deadline.remaining())
         started_at, started = time.time(), _now()
+        if result.first_attempt_at is None:
+            result.first_attempt_at = started_at
+        result.in_flight = result.attempts
         try:
             image_ref = await self._client.pull_image(result.image, credential, timeout=rpc_timeout)
         except grpc.aio.AioRpcError as err:
@@ -323,6 +331,8 @@ class PullEngine:
             reported = final_failure(result.history) or failure  # never None: the last attempt failed
             self._notify(PullAttempt(result.image, started_at, elapsed, reported.go_string(), 0, index, cut))
             return failure
+        finally:
+            result.in_flight = 0
         elapsed = _now() - started
         result.history.append(AttemptRecord(None))
         response = f'image_ref:"{image_ref}"'

@@ -43,6 +43,7 @@ from image_prefetcher.summary import RunReport, build_summary, one_line, write_t
 if TYPE_CHECKING:
     from image_prefetcher.incluster import InClusterConfig
     from image_prefetcher.leases import NodeSlot
+    from image_prefetcher.progress import ProgressPublisher
 
 # After the overall deadline the post-run steps share this much extra time, so the process always ends within
 # overall timeout + 10 s (the remaining seconds cover start-up and shutdown).
@@ -154,6 +155,15 @@ def node_slot_for(
     return NodeSlot(slot_config, HttpLeaseApi(config, namespace), log)
 
 
+def progress_publisher_for(
+    interval: float, snapshot: Callable[[], list[ImageResult]], log: Logger, deadline: Deadline
+) -> ProgressPublisher | None:
+    """--progress-interval: the publisher of this pod's progress annotation (imported only when used)."""
+    from image_prefetcher.progress import publisher_for
+
+    return publisher_for(interval, snapshot, log, deadline)
+
+
 def permanent_failures(results: Iterable[ImageResult], not_found_fails: bool) -> dict[str, tuple[str, str]]:
     """The canary's findings: images whose failure no other node can fix by trying again (an invalid reference;
     not found under --not-found=fail), as (gRPC code, details) with the details cut to the summary's length."""
@@ -229,6 +239,15 @@ class FetchRun:
             self.node_slot = lambda: node_slot_for(options, log, self.images)
         self.canary = False  # this node was the canary
         self._phase: asyncio.Task[Any] | None = None
+        # --progress-interval: builds the publisher of this pod's progress annotation when the pulls start (None
+        # when it cannot write to its pod; tests pass a fake); None without the flag.
+        self.progress: Callable[[PullEngine, Deadline], ProgressPublisher | None] | None = None
+        self.progress_writes = 0
+        interval = to_seconds(options.progress_interval)
+        if interval > 0:
+            self.progress = lambda engine, deadline: progress_publisher_for(
+                interval, self._snapshot(engine), log, deadline
+            )
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
@@ -247,6 +266,8 @@ class FetchRun:
             except CommandError as err:
                 fatal = err
                 self._mark_unreached(engine, str(err))
+            if self.progress is not None:
+                self.log.info("progress published", writes=self.progress_writes)
             report = self._report(engine, started)
             self.log.info(
                 "pulling images finished",
@@ -314,7 +335,7 @@ class FetchRun:
         if self.options.debug:
             await self._debug_listing(cri, "before", deadline, fatal=True)
         if self.node_slot is None:
-            await engine.run(self.images, deadline)
+            await self._run_engine(engine, self.images, deadline)
             return
         await self._pull_in_slot(self.node_slot(), engine, deadline)
 
@@ -324,7 +345,7 @@ class FetchRun:
             self.log.warn("pulling without a node slot", reason=slot)
             self.warnings.append(f"node slot: {slot}")
             self.waited = 0.0
-            await engine.run(self.images, deadline)
+            await self._run_engine(engine, self.images, deadline)
             return
         from image_prefetcher.leases import waiting_note
 
@@ -332,7 +353,7 @@ class FetchRun:
             # Nothing to pull (a restarted pod, a node that already has the list): no wait, no Lease write.
             self.log.info("every image is present already, not waiting for a node slot")
             self.waited = 0.0
-            await engine.run(self.images, deadline)
+            await self._run_engine(engine, self.images, deadline)
             return
         async with slot.hold(deadline) as outcome:
             self.waited = outcome.waited_s
@@ -342,7 +363,7 @@ class FetchRun:
                 self._mark_waited_out(engine, waiting_note(outcome, slot.config.slots))
                 return
             self.canary = slot.is_canary
-            await engine.run(self._skip_canary_findings(engine, slot), deadline)
+            await self._run_engine(engine, self._skip_canary_findings(engine, slot), deadline)
             if slot.is_canary and self.signal_name is None:
                 ended = [engine.results[image] for image in self.images]
                 if not any(r.ended_by_deadline or r.outcome == "pending" for r in ended):
@@ -350,6 +371,29 @@ class FetchRun:
                     slot.publish(permanent_failures(ended, self.options.not_found == "fail"))
         if slot.lost:
             self.warnings.append(f"node slot: {slot.lost}; more than --parallel-nodes nodes may have pulled at once")
+
+    async def _run_engine(self, engine: PullEngine, images: Sequence[str], deadline: Deadline) -> None:
+        """The pulls, with the progress publisher (--progress-interval) running beside them; it is cancelled and
+        awaited when they end, also when they are cancelled (SIGTERM)."""
+        publisher = self.progress(engine, deadline) if self.progress is not None else None
+        if publisher is None:
+            await engine.run(images, deadline)
+            return
+        task = asyncio.ensure_future(publisher.run())
+        try:
+            await engine.run(images, deadline)
+        finally:
+            task.cancel()
+            try:
+                await asyncio.wait([task])  # a second cancellation of this task still propagates
+            finally:
+                self.progress_writes += publisher.writes
+            if not task.cancelled() and task.exception() is not None:
+                self.log.warn("progress publisher failed", error=str(task.exception()))
+
+    def _snapshot(self, engine: PullEngine) -> Callable[[], list[ImageResult]]:
+        """The results of the run's unique images as they are now (an image not started yet is pending)."""
+        return lambda: [engine.results.get(image) or ImageResult(image) for image in self.images]
 
     def _skip_canary_findings(self, engine: PullEngine, slot: NodeSlot) -> list[str]:
         """The images to pull: those the canary found permanently failed are reported failed with its reason and
