@@ -9,15 +9,19 @@ small JSON snapshot in a file this plugin gives it (``progress_file``) whenever 
 the module in a thread, polls that file and prints ``_progress.progress_line`` through Ansible's display (which a
 worker process forwards to the controller's output at once), rate-limited by ``_progress.Throttle``.
 
-The file is only readable here when the module runs on this machine (a local connection, the role's default
-``images_delegate_to: localhost``); on another host, with ``async`` or ``progress_interval: 0`` the module runs
-exactly as without this plugin and no line is printed.
+On this machine (a local connection, the role's default ``images_delegate_to: localhost``) the file is polled
+every ``POLL_SECONDS``. On another host it lives in the task's remote temporary directory and is read through the
+connection (``cat``, one command per ``progress_interval``), so lines come at most an interval late and a connection
+that cannot run a second command while the module runs just prints none. With ``async`` or ``progress_interval: 0``
+the module runs exactly as without this plugin and no line is printed.
 """
 
 from __future__ import annotations
 
 import contextvars
+import json
 import os
+import shlex
 import shutil
 import tempfile
 import threading
@@ -41,6 +45,17 @@ POLL_SECONDS = 0.5
 DEFAULT_INTERVAL = 10
 
 
+def parse_remote_snapshot(result: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The snapshot from a ``cat`` of the remote file (``_low_level_execute_command``'s result); None if unread."""
+    if result.get("rc") != 0:
+        return None
+    try:
+        snap = json.loads(str(result.get("stdout") or ""))
+    except ValueError:
+        return None
+    return snap if isinstance(snap, dict) else None
+
+
 def progress_interval(value: Any) -> int:
     """The option as the module will read it; a value it will refuse means no progress (the module says why)."""
     if value is None:
@@ -52,23 +67,30 @@ def progress_interval(value: Any) -> int:
 
 
 def follow(
-    path: str,
+    read: Any,
     host: str,
     interval: float,
     running: Callable[[float], bool],
     show: Callable[[str], None],
     monotonic: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
+    read_every: float = 0.0,
 ) -> int:
-    """Print progress lines from the snapshot file while ``running(poll)`` says the module runs; the line count.
+    """Print progress lines from the snapshots ``read()`` returns (a path: the local snapshot file) while
+    ``running(poll)`` says the module runs, reading at most once every ``read_every`` seconds; the line count.
 
     A warning of the wait (the waves estimate) is printed once, as soon as it appears: it is worth acting on early.
     """
+    reader: Callable[[], Optional[dict[str, Any]]] = (lambda: read_snapshot(read)) if isinstance(read, str) else read
     throttle = Throttle(interval, monotonic())
     printed = 0
     shown: set[str] = set()
+    last_read: Optional[float] = None
     while running(POLL_SECONDS):
-        snap = read_snapshot(path)
+        if last_read is not None and monotonic() - last_read < read_every:
+            continue
+        last_read = monotonic()
+        snap = reader()
         if snap is None:
             continue
         for warning in new_warnings(snap, shown):
@@ -91,18 +113,47 @@ class ActionModule(ActionBase):
         wrap_async = self._task.async_val and not self._connection.has_native_async
         interval = progress_interval(self._task.args.get("progress_interval"))
         local = getattr(self._connection, "transport", "") == "local"
-        if wrap_async or interval <= 0 or not local:
+        host = str(task_vars.get("inventory_hostname") or "") or "?"
+        if wrap_async or interval <= 0:
             result = merge_hash(result, self._execute_module(task_vars=task_vars, wrap_async=wrap_async))
-        else:
-            host = str(task_vars.get("inventory_hostname") or "")
+        elif local:
             result = merge_hash(result, self._execute_with_progress(task_vars, host, interval))
+        else:
+            result = merge_hash(result, self._execute_with_remote_progress(task_vars, host, interval))
         if not wrap_async:
             self._remove_tmp_path(self._connection._shell.tmpdir)
         return result
 
     def _execute_with_progress(self, task_vars: dict[str, Any], host: str, interval: int) -> dict[str, Any]:
         directory = tempfile.mkdtemp(prefix="prefetch-progress-")
-        args = dict(self._task.args, progress_file=os.path.join(directory, "progress.json"))
+        path = os.path.join(directory, "progress.json")
+        try:
+            return self._run_and_follow(task_vars, path, lambda run: follow(path, host, interval, run, display.display))
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def _execute_with_remote_progress(self, task_vars: dict[str, Any], host: str, interval: int) -> dict[str, Any]:
+        """The snapshot file in the task's remote temporary directory (removed with it by ``run``), read with one
+        ``cat`` per interval; the module finds the directory made here and uses it as its own."""
+        if self._connection._shell.tmpdir is None:
+            self._make_tmp_path()
+        path = self._connection._shell.join_path(self._connection._shell.tmpdir, "progress.json")
+        command = f"cat {shlex.quote(path)}"
+
+        def read() -> Optional[dict[str, Any]]:
+            try:
+                return parse_remote_snapshot(self._low_level_execute_command(command, sudoable=False))
+            except Exception:  # a connection that cannot run it now: no line this time, the wait goes on
+                return None
+
+        return self._run_and_follow(
+            task_vars, path, lambda run: follow(read, host, interval, run, display.display, read_every=interval)
+        )
+
+    def _run_and_follow(
+        self, task_vars: dict[str, Any], path: str, follow_while: Callable[[Callable[[float], bool]], int]
+    ) -> dict[str, Any]:
+        args = dict(self._task.args, progress_file=path)
         outcome: dict[str, Any] = {}
 
         def execute() -> None:
@@ -115,19 +166,16 @@ class ActionModule(ActionBase):
         # which a new thread would not see.
         context = contextvars.copy_context()
         thread = threading.Thread(target=context.run, args=(execute,), name="rollout-module", daemon=True)
-        try:
-            thread.start()
+        thread.start()
 
-            def running(poll: float) -> bool:
-                thread.join(poll)
-                return thread.is_alive()
+        def running(poll: float) -> bool:
+            thread.join(poll)
+            return thread.is_alive()
 
-            follow(args["progress_file"], host or "?", interval, running, display.display)
-            thread.join()
-        finally:
-            # Interrupted (KeyboardInterrupt in this worker), the worker leaves without waiting for the module, as it
-            # would without this plugin: the module's own watchdog ends it once its output pipe has no reader.
-            shutil.rmtree(directory, ignore_errors=True)
+        # Interrupted (KeyboardInterrupt in this worker), the worker leaves without waiting for the module, as it
+        # would without this plugin: the module's own watchdog ends it once its output pipe has no reader.
+        follow_while(running)
+        thread.join()
         if "error" in outcome:
             raise outcome["error"]
         return dict(outcome["result"])

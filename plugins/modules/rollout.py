@@ -104,9 +104,11 @@ options:
         seconds, and none during the first interval, for example C(prod-east: 7/20 nodes done, 11 pulling, 2 not
         started; slowest: node-4 pulling for 2m05s); with C(parallel_nodes), nodes waiting for a node slot are
         counted apart (C(2 pulling, 9 waiting for a slot)). V(0) prints none.
-      - Printed by the module's action plugin on the controller while the module runs there (a local connection, as
-        with the role's default C(images_delegate_to=localhost)). When the module runs on another host, or with
-        C(async), no progress line is printed; the result is the same.
+      - Printed by the module's action plugin on the controller while the module runs. The module writes the state into
+        a file of the task's temporary directory; on the controller (a local connection, as with the role's default
+        C(images_delegate_to=localhost)) the plugin polls it, on another host it reads it through the connection
+        once an interval (one C(cat) command), so a line comes up to an interval later. With C(async), no progress
+        line is printed; the result is the same.
     type: int
     default: 10
   progress_file:

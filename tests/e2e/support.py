@@ -38,7 +38,7 @@ TEST_IMAGES: list[tuple[str, str, float, int]] = [
     ("e2e/idem", "v1", 0.5, 1), ("e2e/multi", "v1", 0.5, 1), ("e2e/gone", "v1", 0.5, 1),
     ("e2e/status", "v1", 0.5, 1), ("e2e/edit", "v1", 0.5, 1), ("e2e/kubectl", "v1", 0.5, 1),
     ("e2e/psa", "v1", 0.5, 1), ("e2e/rbac", "v1", 0.5, 1), ("e2e/denied", "v1", 0.5, 1),
-    ("e2e/slots-a", "v1", 1.0, 2), ("e2e/slots-b", "v1", 1.0, 2),
+    ("e2e/slots-a", "v1", 1.0, 2), ("e2e/slots-b", "v1", 1.0, 2), ("e2e/progress", "v1", 0.5, 1),
     *[(f"e2e/herd-{what}", "v1", 1.0, 2) for what in ("two", "canary", "429", "429b", "killed")],
     *[(f"e2e/life-{what}", "v1", 0.5, 1) for what in ("cordon", "delete", "kubelet", "add")],
 ]

@@ -51,9 +51,10 @@ def agents_running(cluster: Cluster, namespace: str) -> int:
                if status["name"] == "prefetch" and (status.get("state") or {}).get("running"))
 
 
-def rollout_while_held(cluster: Cluster, collections_path: Path, workdir: Path, name: str) -> tuple[str, Any]:
+def rollout_while_held(cluster: Cluster, collections_path: Path, workdir: Path, name: str,
+                       connection: str = "local") -> tuple[str, Any]:
     """The rollout module alone, on the held instance (timeout 10 s, a progress line a second): its output and
-    registered result."""
+    registered result. ``connection`` ``elsewhere`` (tests/e2e/connection_plugins): as if on another host."""
     workdir.mkdir(parents=True, exist_ok=True)
     saved = workdir / "rollout.json"
     task = {"name": name, "namespace": name, "kubeconfig": str(cluster.kubeconfig), "timeout": 10,
@@ -65,7 +66,8 @@ def rollout_while_held(cluster: Cluster, collections_path: Path, workdir: Path, 
     env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(collections_path), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_LOCAL_TEMP": str(workdir / "tmp"), "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
     env.pop("K8S_AUTH_KUBECONFIG", None)
-    command = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+    env["ANSIBLE_CONNECTION_PLUGINS"] = str(Path(__file__).parent / "connection_plugins")
+    command = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", connection,
                "-e", f"ansible_python_interpreter={VENV_BIN / 'python'}", str(workdir / "rollout.yml")]
     proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0 and saved.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]

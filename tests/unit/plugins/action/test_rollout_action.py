@@ -109,6 +109,60 @@ def test_run_prints_progress_before_the_module_returns(monkeypatch: pytest.Monke
     assert not os.path.exists(os.path.dirname(progress_files[0]))  # the plugin's directory is removed
 
 
+def test_on_another_host_the_snapshot_is_read_through_the_connection_once_an_interval(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(plugin, "POLL_SECONDS", 0.02)
+    shown: list[str] = []
+    monkeypatch.setattr(plugin.display, "display", lambda line, *a, **k: shown.append(line))
+    act = action({"name": "imgs", "namespace": "ns", "progress_interval": 1}, transport="ssh")
+    remote_tmp = tmp_path / "remote-tmp"
+
+    def make_tmp_path() -> str:
+        remote_tmp.mkdir()
+        act._connection._shell.tmpdir = str(remote_tmp)
+        return str(remote_tmp)
+
+    commands: list[tuple[str, bool]] = []
+
+    def low_level(command: str, sudoable: bool = True, **_kwargs: Any) -> dict[str, Any]:
+        commands.append((command, sudoable))
+        path = command.split(" ", 1)[1].strip("'")
+        if not os.path.exists(path):
+            return {"rc": 1, "stdout": "", "stderr": "cat: no such file"}
+        return {"rc": 0, "stdout": Path(path).read_text(), "stderr": ""}
+
+    def fake_module(module_args: Optional[dict[str, Any]] = None, **_kwargs: Any) -> dict[str, Any]:
+        assert module_args is not None
+        assert module_args["progress_file"] == str(remote_tmp / "progress.json")
+        time.sleep(0.3)  # a first read finds no file yet: no line, no error
+        write_snapshot(module_args["progress_file"], PULLING)
+        deadline = time.monotonic() + 10
+        while not shown and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return {"changed": False, "nodes": [], "totals": {}}
+
+    monkeypatch.setattr(act, "_make_tmp_path", make_tmp_path)
+    monkeypatch.setattr(act._connection._shell, "join_path", os.path.join)
+    monkeypatch.setattr(act, "_low_level_execute_command", low_level)
+    monkeypatch.setattr(act, "_remove_tmp_path", lambda path: None)
+    monkeypatch.setattr(act, "_execute_module", fake_module)
+    started = time.monotonic()
+    result = act.run(task_vars={"inventory_hostname": "prod-east"})
+    elapsed = time.monotonic() - started
+    assert result["changed"] is False
+    assert shown and shown[0].startswith("prod-east: 1/3 nodes done (1 succeeded), 2 pulling")
+    assert commands and all(c == (f"cat {remote_tmp / 'progress.json'}", False) for c in commands)
+    assert len(commands) <= elapsed / 1 + 1  # one read per interval, not one per poll
+
+
+def test_a_remote_read_that_fails_prints_nothing_and_the_wait_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert plugin.parse_remote_snapshot({"rc": 1, "stdout": ""}) is None
+    assert plugin.parse_remote_snapshot({"rc": 0, "stdout": "{"}) is None
+    assert plugin.parse_remote_snapshot({"rc": 0, "stdout": "[]"}) is None
+    assert plugin.parse_remote_snapshot({"rc": 0, "stdout": json.dumps(DONE)}) == DONE
+
+
 def test_a_module_error_in_the_thread_reaches_ansible(monkeypatch: pytest.MonkeyPatch) -> None:
     act = action({"name": "imgs", "namespace": "ns"})
     monkeypatch.setattr(act, "_execute_module", mock.Mock(side_effect=RuntimeError("connection lost")))
@@ -122,7 +176,7 @@ def test_a_module_error_in_the_thread_reaches_ansible(monkeypatch: pytest.Monkey
         ({"progress_interval": 0}, "local", 0),
         ({"progress_interval": "0"}, "local", 0),
         ({"progress_interval": "soon"}, "local", 0),  # the module refuses it, and says why
-        ({}, "ssh", 0),  # another host: its file cannot be read here
+        ({"progress_interval": 0}, "ssh", 0),
         ({}, "local", 30),  # async: the module runs detached
     ],
 )
