@@ -110,3 +110,11 @@ def test_a_failing_stop_step_does_not_skip_the_namespace_kill(monkeypatch: pytes
     node = stand_in_node(monkeypatch, killed)
     node.stop()
     assert killed == ["mnt:[4026532999]"]
+
+
+def test_cgroup_dirs_lists_the_tree_and_skips_what_vanished(tmp_path: Path) -> None:
+    (tmp_path / "kubepods" / "burstable" / "pod1").mkdir(parents=True)
+    (tmp_path / "kubepods" / "besteffort").mkdir()
+    found = {str(p.relative_to(tmp_path)) for p in kube_cluster._cgroup_dirs(tmp_path)}
+    assert found == {"kubepods", "kubepods/burstable", "kubepods/burstable/pod1", "kubepods/besteffort"}
+    assert kube_cluster._cgroup_dirs(tmp_path / "gone") == []  # removed before the walk: nothing, no error

@@ -350,6 +350,13 @@ def cgroup_hierarchies() -> list[Path]:
             p.name != "unified" and (p / "cgroup.procs").exists()]
 
 
+def _cgroup_dirs(top: Path) -> list[Path]:
+    """Every directory under ``top``. os.walk, not Path.rglob: the kubelet and the runtime remove cgroups while this
+    walks, and rglob raises FileNotFoundError for a directory gone between listing and entering it (seen in a bench
+    teardown, which then left the cgroup trees behind); os.walk skips it."""
+    return [Path(root) / name for root, names, _files in os.walk(top) for name in names]
+
+
 def remove_cgroups(cgroup_root: str) -> None:
     """Removes the cgroup tree bottom-up, killing what is still in it first (a kubelet that died mid-pod); also
     from cgroup2's ``unified`` hierarchy, where the kubelet makes its tree too."""
@@ -358,7 +365,7 @@ def remove_cgroups(cgroup_root: str) -> None:
         if not top.exists():
             continue
         for _ in range(50):
-            dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+            dirs = sorted(_cgroup_dirs(top), key=lambda p: len(p.parts), reverse=True)
             for path in [*dirs, top]:
                 with contextlib.suppress(OSError):
                     for pid in (path / "cgroup.procs").read_text().split():
