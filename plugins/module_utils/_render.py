@@ -234,19 +234,21 @@ def _node_slots_role(settings: Settings) -> Obj:
         f"Allows the image-prefetcher agents of instance {settings.name} to take node slots "
         f"(Leases {settings.name}-slot-<i>) in namespace {settings.namespace}."
     )
+    rule = {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "list", "watch", "create", "update"],
+    }
+    return _agents_role(settings, node_slots_rbac_name(settings), description, rule)
+
+
+def _agents_role(settings: Settings, name: str, description: str, rule: Obj) -> Obj:
+    """A namespaced Role of the agents (bound by ``_role_binding``), described for whoever reads the RBAC."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _metadata(
-            settings, node_slots_rbac_name(settings), annotations={"kubernetes.io/description": description}
-        ),
-        "rules": [
-            {
-                "apiGroups": ["coordination.k8s.io"],
-                "resources": ["leases"],
-                "verbs": ["get", "list", "watch", "create", "update"],
-            }
-        ],
+        "metadata": _metadata(settings, name, annotations={"kubernetes.io/description": description}),
+        "rules": [rule],
     }
 
 
@@ -257,14 +259,8 @@ def _progress_role(settings: Settings) -> Obj:
         f"Allows the image-prefetcher agents of instance {settings.name} to publish their progress "
         f"(annotation prefetch.stackrox.io/progress on their own pods) in namespace {settings.namespace}."
     )
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": _metadata(
-            settings, progress_rbac_name(settings), annotations={"kubernetes.io/description": description}
-        ),
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}],
-    }
+    rule = {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}
+    return _agents_role(settings, progress_rbac_name(settings), description, rule)
 
 
 # --- Image list -------------------------------------------------------------------------------------------------------

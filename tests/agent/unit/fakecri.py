@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,3 +210,14 @@ class FakeCriThread:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._loop.close()
+
+
+async def main_beside(
+    fake: FakeCri, run: Any, during: Callable[[Any, FakeCri], Awaitable[None]] | None = None, timeout: float = 30
+) -> int:
+    """``run.main()`` (a FetchRun) against the started ``fake``, with ``during(run, fake)`` alongside; its exit code."""
+    async with fake:
+        task = asyncio.ensure_future(run.main())
+        if during is not None:
+            await during(run, fake)
+        return await asyncio.wait_for(task, timeout)

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from fakecri import HANG, FakeCri, fail
+from fakecri import HANG, FakeCri, fail, main_beside
 from fakelease import NAMESPACE, FakeLeaseApi
 
 from image_prefetcher import leases
@@ -55,14 +55,7 @@ def run_fetch(
     config = SlotConfig(**{"namespace": NAMESPACE, "instance": "pf", "holder": "node-1", "slots": 1, **slot_settings})
     run.node_slot = (lambda: api) if isinstance(api, str) else (lambda: NodeSlot(config, api, log))
 
-    async def main() -> int:
-        async with fake:
-            task = asyncio.ensure_future(run.main())
-            if during is not None:
-                await during(run, fake)
-            return await asyncio.wait_for(task, 30)
-
-    code = asyncio.run(main())
+    code = asyncio.run(main_beside(fake, run, during))
     return code, json.loads(termination_log.read_bytes()), fake
 
 

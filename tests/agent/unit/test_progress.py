@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from fakecri import HANG, Action, FakeCri, FakeImageService, fail
+from fakecri import HANG, Action, FakeCri, FakeImageService, fail, main_beside
 from virtualclock import run_virtual
 
 from image_prefetcher import progress
@@ -490,14 +490,7 @@ def fetch(
 
         run.progress = make
 
-    async def main() -> int:
-        async with fake:
-            task = asyncio.ensure_future(run.main())
-            if during is not None:
-                await during(run, fake)
-            return await asyncio.wait_for(task, 30)
-
-    return asyncio.run(main()), run, built, stream.getvalue()
+    return asyncio.run(main_beside(fake, run, during)), run, built, stream.getvalue()
 
 
 def test_interval_0_never_publishes(tmp_path: Path) -> None:
