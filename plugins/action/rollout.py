@@ -67,7 +67,7 @@ def progress_interval(value: Any) -> int:
 
 
 def follow(
-    read: Any,
+    read: Callable[[], Optional[dict[str, Any]]],
     host: str,
     interval: float,
     running: Callable[[float], bool],
@@ -76,12 +76,11 @@ def follow(
     wall: Callable[[], float] = time.time,
     read_every: float = 0.0,
 ) -> int:
-    """Print progress lines from the snapshots ``read()`` returns (a path: the local snapshot file) while
-    ``running(poll)`` says the module runs, reading at most once every ``read_every`` seconds; the line count.
+    """Print progress lines from the snapshots ``read()`` returns (None: none yet) while ``running(poll)`` says the
+    module runs, reading at most once every ``read_every`` seconds; the line count.
 
     A warning of the wait (the waves estimate) is printed once, as soon as it appears: it is worth acting on early.
     """
-    reader: Callable[[], Optional[dict[str, Any]]] = (lambda: read_snapshot(read)) if isinstance(read, str) else read
     throttle = Throttle(interval, monotonic())
     printed = 0
     shown: set[str] = set()
@@ -90,7 +89,7 @@ def follow(
         if last_read is not None and monotonic() - last_read < read_every:
             continue
         last_read = monotonic()
-        snap = reader()
+        snap = read()
         if snap is None:
             continue
         for warning in new_warnings(snap, shown):
@@ -128,7 +127,7 @@ class ActionModule(ActionBase):
         directory = tempfile.mkdtemp(prefix="prefetch-progress-")
         path = os.path.join(directory, "progress.json")
         try:
-            return self._run_and_follow(task_vars, path, lambda run: follow(path, host, interval, run, display.display))
+            return self._run_and_follow(task_vars, path, lambda: read_snapshot(path), host, interval, 0.0)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
@@ -146,13 +145,18 @@ class ActionModule(ActionBase):
             except Exception:  # a connection that cannot run it now: no line this time, the wait goes on
                 return None
 
-        return self._run_and_follow(
-            task_vars, path, lambda run: follow(read, host, interval, run, display.display, read_every=interval)
-        )
+        return self._run_and_follow(task_vars, path, read, host, interval, float(interval))
 
     def _run_and_follow(
-        self, task_vars: dict[str, Any], path: str, follow_while: Callable[[Callable[[float], bool]], int]
+        self,
+        task_vars: dict[str, Any],
+        path: str,
+        read: Callable[[], Optional[dict[str, Any]]],
+        host: str,
+        interval: int,
+        read_every: float,
     ) -> dict[str, Any]:
+        """The module in a thread (its snapshots to ``path``), with ``follow`` printing from ``read`` meanwhile."""
         args = dict(self._task.args, progress_file=path)
         outcome: dict[str, Any] = {}
 
@@ -174,7 +178,7 @@ class ActionModule(ActionBase):
 
         # Interrupted (KeyboardInterrupt in this worker), the worker leaves without waiting for the module, as it
         # would without this plugin: the module's own watchdog ends it once its output pipe has no reader.
-        follow_while(running)
+        follow(read, host, interval, running, display.display, read_every=read_every)
         thread.join()
         if "error" in outcome:
             raise outcome["error"]

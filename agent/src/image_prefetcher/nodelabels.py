@@ -115,6 +115,14 @@ def status_text(status: int) -> str:
     return f"{status} {http.client.responses.get(status, '')}".rstrip()
 
 
+def status_line(response: ApiResponse) -> str:
+    """A failed answer in one line, its status first (`403 Forbidden: nodes "n1" is forbidden: ...`), without saying
+    the status twice when the server's message already starts with it."""
+    text = response.error_text()
+    said = status_text(response.status)
+    return text if said in text else f"{said}: {text}"
+
+
 class ApiClient(Protocol):
     """What labelling needs from the in-cluster config (InClusterConfig; a fake in unit tests)."""
 
@@ -136,9 +144,7 @@ def _patch_once(config: ApiClient, node: str, body: bytes, timeout: float) -> No
     except OSError as err:  # includes ssl.SSLError and socket timeouts
         raise LabelError(f"PATCH {config.server}/api/v1/nodes/{node}: {err}") from None
     if not 200 <= response.status < 300:
-        text = response.error_text()
-        said = status_text(response.status)
-        raise LabelError(text, response.status, text if said in text else f"{said}: {text}")
+        raise LabelError(response.error_text(), response.status, status_line(response))
 
 
 async def patch_node_labels(

@@ -16,7 +16,7 @@ Each write is a JSON merge patch of the pod with a deadline of min(5 s, interval
 A 401/403/404 answer (the token, RBAC or the pod's namespace said no) is logged once and ends the publishing for the
 run; any other failure is logged and the next tick tries again. The publisher never holds up or fails the pulls.
 
-The pure parts (`progress_value`, `change_key`, `should_write`, `patch_body`) and `ProgressPublisher` (an injected
+The pure parts (`progress_value`, `change_key`, `patch_body`) and `ProgressPublisher` (an injected
 `patch` and clocks) are tested without a server; `pod_patcher` is the thin I/O through InClusterConfig.request.
 """
 
@@ -34,7 +34,7 @@ from urllib.parse import quote
 from image_prefetcher.engine import Deadline, ImageResult
 from image_prefetcher.incluster import ApiResponse, InClusterError, load_incluster_config
 from image_prefetcher.logs import Logger, Seconds
-from image_prefetcher.nodelabels import ApiClient, status_text
+from image_prefetcher.nodelabels import ApiClient, status_line
 
 ANNOTATION = "prefetch.stackrox.io/progress"
 VERSION = 1
@@ -108,11 +108,6 @@ def change_key(value: Mapping[str, Any]) -> ChangeKey:
     return (value["done"], value["ok"], value["failed"], value["skipped"], image, attempt)
 
 
-def should_write(last: ChangeKey | None, current: ChangeKey) -> bool:
-    """Whether the tick writes: nothing written yet, or something changed since the last write."""
-    return last != current
-
-
 class ProgressPublisher:
     """Writes the progress every `interval` seconds while `run()` runs (cancel it when the pull phase ends).
 
@@ -137,7 +132,6 @@ class ProgressPublisher:
         self.deadline = deadline
         self.wall = wall
         self.writes = 0  # successful PATCHes
-        self.attempts = 0  # PATCHes tried
         self.stopped = False  # a final answer (401/403/404) ended the publishing
         self._last: ChangeKey | None = None
 
@@ -167,14 +161,13 @@ class ProgressPublisher:
     async def _tick(self) -> None:
         value = progress_value(self.snapshot(), self.wall())
         key = change_key(value)
-        if not should_write(self._last, key):
+        if key == self._last:  # nothing changed since the last write (None before the first)
             return
         timeout = min(MAX_PATCH_TIMEOUT_S, self.interval)
         if self.deadline is not None:
             timeout = min(timeout, self.deadline.remaining())
             if timeout <= 0:
                 return  # past the overall deadline: the pull phase is ending, the summary says the rest
-        self.attempts += 1
         try:
             response = await asyncio.wait_for(self.patch(patch_body(value), timeout), timeout)
         except asyncio.TimeoutError:
@@ -188,9 +181,7 @@ class ProgressPublisher:
             self._last = key
             self.log.debug("progress written", done=value["done"], total=value["total"])
             return
-        said = status_text(response.status)
-        text = response.error_text()
-        error = text if said in text else f"{said}: {text}"
+        error = status_line(response)
         if response.status in FINAL_STATUSES:
             self.stopped = True
             self.log.warn("progress not published, not trying again in this run", error=error)

@@ -28,7 +28,7 @@ from image_prefetcher.fetch import Extensions, FetchRun
 from image_prefetcher.flags import FlagError, parse_flags
 from image_prefetcher.incluster import ApiResponse, InClusterError
 from image_prefetcher.logs import Logger, configure_logging
-from image_prefetcher.progress import ProgressPublisher, change_key, patch_body, progress_value, should_write
+from image_prefetcher.progress import ProgressPublisher, change_key, patch_body, progress_value
 
 NOW = 1_700_000_100.0
 OK_ANSWER = ApiResponse(200, b"{}")
@@ -95,15 +95,13 @@ def test_the_annotation_is_a_compact_sorted_json_string_in_a_merge_patch() -> No
 def test_what_counts_as_a_change() -> None:
     base = [result("r/a:1", since=NOW - 5, in_flight=1), result("r/b:1", since=NOW - 1, in_flight=1)]
     key = change_key(progress_value(base, NOW))
-    assert should_write(None, key)
-    assert not should_write(key, key)
     # Time passing alone, or a change behind the first pulling entry, is no change.
     later = [result("r/a:1", since=NOW - 5, in_flight=1), result("r/b:1", since=NOW - 1, in_flight=2)]
-    assert not should_write(key, change_key(progress_value(later, NOW + 60)))
+    assert change_key(progress_value(later, NOW + 60)) == key
     retried = [result("r/a:1", since=NOW - 5, in_flight=2), result("r/b:1", since=NOW - 1, in_flight=1)]
-    assert should_write(key, change_key(progress_value(retried, NOW)))
+    assert change_key(progress_value(retried, NOW)) != key
     one_done = [result("r/a:1", "ok"), result("r/b:1", since=NOW - 1, in_flight=1)]
-    assert should_write(key, change_key(progress_value(one_done, NOW)))
+    assert change_key(progress_value(one_done, NOW)) != key
 
 
 # --- the publisher on a virtual clock ---------------------------------------------------------------------------------

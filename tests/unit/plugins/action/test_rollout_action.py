@@ -15,7 +15,7 @@ from unittest import mock
 import pytest
 
 from ansible_collections.stackrox.prefetch.plugins.action import rollout as plugin
-from ansible_collections.stackrox.prefetch.plugins.module_utils._progress import write_snapshot
+from ansible_collections.stackrox.prefetch.plugins.module_utils._progress import read_snapshot, write_snapshot
 
 PULLING = {"nodes": 3, "counts": {"pulling": 2, "succeeded": 1}, "slowest": {"node": "n2", "since": 1000.0}}
 DONE = {"nodes": 3, "counts": {"succeeded": 3}}
@@ -42,7 +42,8 @@ def test_follow_prints_changes_rate_limited_while_the_module_runs(tmp_path: Path
         return clock.now < 30
 
     count = plugin.follow(
-        path, "prod-east", 10, running, lambda line: shown.append((clock.now, line)), clock, lambda: 1125.0
+        lambda: read_snapshot(path), "prod-east", 10, running, lambda line: shown.append((clock.now, line)), clock,
+        lambda: 1125.0,
     )
     assert shown == [
         (10.0, "prod-east: 1/3 nodes done (1 succeeded), 2 pulling; slowest: n2 pulling for 2m05s"),
@@ -64,7 +65,9 @@ def test_follow_prints_a_warning_of_the_wait_at_once_and_once(tmp_path: Path) ->
             write_snapshot(path, waiting)
         return clock.now < 12
 
-    plugin.follow(path, "c1", 10, running, lambda line: shown.append((clock.now, line)), clock, lambda: 0.0)
+    plugin.follow(
+        lambda: read_snapshot(path), "c1", 10, running, lambda line: shown.append((clock.now, line)), clock, lambda: 0.0
+    )
     assert shown == [
         (2.0, f"c1: warning: {warning}"),  # not held back by the throttle's first interval
         (10.0, "c1: 1/6 nodes done (1 succeeded), 2 pulling, 3 waiting for a slot"),
